@@ -1,0 +1,27 @@
+"""gcmae: Global Contrast-Masked Autoencoders for H&E pathology."""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+__all__ = ["create_model", "load_checkpoint", "from_pretrained", "__version__"]
+
+
+def create_model(num_data: int, **kwargs):
+    """A GCMAE model (timm ViT encoder + MAE decoder + memory bank of `num_data` entries)."""
+    from gcmae.models.gcmae import GCMAE
+
+    return GCMAE(num_data=num_data, **kwargs)
+
+
+def load_checkpoint(path):
+    """(GCMAE model, PretrainConfig) from a `gcmae pretrain` checkpoint, loaded with weights_only=True."""
+    from gcmae.io.checkpoints import load_pretrain_checkpoint
+
+    return load_pretrain_checkpoint(path)
+
+
+def from_pretrained(path):
+    """The timm encoder from a folder written by `gcmae export`."""
+    from gcmae.io.export import from_pretrained as _from_pretrained
+
+    return _from_pretrained(path)

@@ -1,0 +1,98 @@
+"""The `gcmae` command: parse arguments, load the config, call one function per subcommand."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from gcmae.config import ConfigError
+
+log = logging.getLogger("gcmae")
+
+
+def _pretrain(args: argparse.Namespace) -> int:
+    from gcmae.config import load_pretrain_config
+    from gcmae.train.pretrain import run_pretrain
+
+    cfg = load_pretrain_config(args.config, args.overrides)
+    run = run_pretrain(cfg, resume=not args.no_resume)
+    print(f"done: {run.num_images} images, outputs in {run.out_dir}")
+    return 0
+
+
+def _tile(args: argparse.Namespace) -> int:
+    from gcmae.slide.tiling import tile_slides
+
+    summary = tile_slides(Path(args.input), Path(args.out), tile_size=args.tile_size, mpp=args.mpp,
+                          min_tissue=args.min_tissue)
+    print(f"tiled {summary.slides_done} slide(s), skipped {summary.slides_skipped} finished, "
+          f"{len(summary.failures)} failed; {summary.tiles_written} tiles in {args.out}")
+    for path, reason in summary.failures:
+        print(f"  failed: {path}: {reason}")
+    return 1 if summary.failures and not (summary.slides_done or summary.slides_skipped) else 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from gcmae.io.export import export_encoder
+
+    out = export_encoder(args.checkpoint, args.out)
+    print(f"encoder written to {out} (load with timm.create_model('local-dir:{out}', pretrained=True))")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from gcmae.demo import run_demo
+
+    metrics = run_demo(args.config, args.out, args.data, args.overrides)
+    print(f"demo finished in {metrics['timings']['total_s']:.0f} s; see {Path(args.out) / 'summary.md'}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gcmae", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("pretrain", help="pretrain GCMAE from a YAML config (resumes from out_dir if possible)")
+    p.add_argument("--config", required=True, help="YAML config, e.g. configs/pretrain/gcmae_vit_base_paper.yaml")
+    p.add_argument("--no-resume", action="store_true", help="start from scratch even if a checkpoint exists")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.epochs=10 data.batch_size=64")
+    p.set_defaults(func=_pretrain)
+
+    p = sub.add_parser("tile", help="tissue mask + tile grid for one slide or a folder of slides")
+    p.add_argument("input", help="a slide file or a folder of slides")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--tile-size", type=int, default=224)
+    p.add_argument("--mpp", type=float, default=None, help="target microns per pixel (default: level 0)")
+    p.add_argument("--min-tissue", type=float, default=0.5, help="minimum tissue fraction of a kept tile")
+    p.set_defaults(func=_tile)
+
+    p = sub.add_parser("export", help="export the encoder of a checkpoint as model.safetensors + config.json")
+    p.add_argument("checkpoint")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=_export)
+
+    p = sub.add_parser("demo", help="tile the shipped slides, pretrain a small GCMAE, evaluate, summarise")
+    p.add_argument("--config", default="configs/pretrain/demo_vit_tiny_cpu.yaml")
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--data", default="data/samples", help="folder with slides/, pcam/ and crc-val-he-7k/")
+    p.add_argument("overrides", nargs="*", help="dotted overrides of the pretraining config")
+    p.set_defaults(func=_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        return args.func(args)
+    except (ConfigError, FileNotFoundError, ValueError, OSError, FloatingPointError) as err:
+        print(f"gcmae {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

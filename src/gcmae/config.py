@@ -1,0 +1,240 @@
+"""Typed configuration: dataclasses filled from YAML plus dotted command-line overrides.
+
+Unknown keys and wrong types are errors that name the key, so a typo never silently falls back to a default.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PATHOLOGY_MEAN = (0.6790, 0.5053, 0.6690)
+PATHOLOGY_STD = (0.1916, 0.2040, 0.1565)
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is invalid."""
+
+
+@dataclass
+class ModelConfig:
+    encoder: str = "vit_base"  # a preset of gcmae.models.vit.ENCODER_PRESETS
+    img_size: int = 224
+    patch_size: int = 16
+    decoder_dim: int = 512
+    decoder_depth: int = 8
+    decoder_heads: int = 16
+    mask_ratio: float = 0.5
+    norm_pix_loss: bool = True
+    drop_path: float = 0.0
+
+
+@dataclass
+class LossConfig:
+    reconstruction_weight: float = 1.0
+    contrast_weight: float = 0.1  # 0 gives plain MAE
+    num_negatives: int = 8192  # K; capped by the dataset size
+    temperature: float = 0.07
+    bank_momentum: float = 0.5
+    negatives: str = "per_sample"  # "per_sample" (official NPID) or "shared" (one draw per batch)
+
+
+@dataclass
+class DataConfig:
+    train_dir: str = ""
+    batch_size: int = 128  # per device
+    num_workers: int = 8
+    crop_scale: tuple[float, float] = (0.2, 1.0)
+    hflip: bool = True
+    mean: tuple[float, float, float] = PATHOLOGY_MEAN
+    std: tuple[float, float, float] = PATHOLOGY_STD
+    validate: str = "header"  # "header" (open every file), "full" (decode every file) or "none"
+
+
+@dataclass
+class OptimConfig:
+    base_lr: float = 1e-3  # lr = base_lr * effective batch / 256
+    min_lr: float = 0.0
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.95)
+    epochs: int = 80
+    warmup_epochs: float = 40.0
+    accumulate_grad_batches: int = 1
+
+
+@dataclass
+class TrainerConfig:
+    out_dir: str = "runs/pretrain"
+    seed: int = 0
+    accelerator: str = "auto"
+    devices: Any = 1  # int, list of ids or "auto"
+    num_nodes: int = 1
+    strategy: str = "auto"  # "ddp" for several GPUs / nodes
+    precision: str = "32-true"  # "bf16-mixed" on GPUs that support it
+    log_every_n_steps: int = 10
+    deterministic: bool = False
+    progress_bar: bool = True
+
+
+@dataclass
+class MonitorConfig:
+    """Weighted kNN accuracy on a labelled folder, at the end of every `every_n_epochs` epoch."""
+
+    train_dir: str = ""  # labelled reference set (empty: no monitor)
+    val_dir: str = ""
+    every_n_epochs: int = 1
+    k: int = 200
+    temperature: float = 0.07
+    pool: str = "cls"  # "cls" or "mean" (mean of patch tokens)
+    batch_size: int = 256
+
+
+@dataclass
+class PretrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
+
+    def validate(self) -> None:
+        if not 0.0 <= self.model.mask_ratio < 1.0:
+            raise ConfigError(f"model.mask_ratio must be in [0, 1), got {self.model.mask_ratio}")
+        if self.model.mask_ratio == 0.0 and self.loss.reconstruction_weight > 0:
+            raise ConfigError("model.mask_ratio is 0, so nothing is reconstructed: set loss.reconstruction_weight=0")
+        if self.loss.reconstruction_weight == 0 and self.loss.contrast_weight == 0:
+            raise ConfigError("both loss.reconstruction_weight and loss.contrast_weight are 0: nothing to train")
+        if self.loss.negatives not in ("per_sample", "shared"):
+            raise ConfigError(f"loss.negatives must be 'per_sample' or 'shared', got {self.loss.negatives!r}")
+        if self.data.validate not in ("header", "full", "none"):
+            raise ConfigError(f"data.validate must be 'header', 'full' or 'none', got {self.data.validate!r}")
+        if self.monitor.pool not in ("cls", "mean"):
+            raise ConfigError(f"monitor.pool must be 'cls' or 'mean', got {self.monitor.pool!r}")
+        if self.model.img_size % self.model.patch_size:
+            raise ConfigError(
+                f"model.img_size {self.model.img_size} is not a multiple of model.patch_size {self.model.patch_size}"
+            )
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check `value` against the annotation `tp`, converting only int->float and list->tuple."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(tp):
+            try:
+                return _coerce(value, option, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key}: {value!r} does not match {tp}")
+    if tp is type(None):
+        if value is None:
+            return None
+        raise ConfigError(f"{key}: expected null, got {value!r}")
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ConfigError(f"{key}: expected a list of {len(args)} values, got {value!r}")
+        return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    raise ConfigError(f"{key}: unsupported type {tp}")
+
+
+def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    """Build dataclass `cls` from a nested dict; unknown keys and wrong types raise ConfigError."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        where = prefix.rstrip(".") or "top level"
+        raise ConfigError(f"unknown config key(s) {', '.join(prefix + k for k in unknown)} ({where} accepts: {', '.join(sorted(names))})")
+    kwargs = {}
+    for name, value in data.items():
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = from_dict(tp, value, f"{prefix}{name}.")
+        else:
+            kwargs[name] = _coerce(value, tp, prefix + name)
+    return cls(**kwargs)
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `a.b=value` overrides (value parsed as YAML) to a nested dict, in place."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key.sub=value")
+        key, raw = item.split("=", 1)
+        node = data
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {part} is not a section")
+        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+    return data
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({err})") from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    return data
+
+
+def load_pretrain_config(path: str | Path | None = None, overrides: list[str] | None = None) -> PretrainConfig:
+    """Read a pretraining config: defaults <- YAML file <- overrides; validated."""
+    data = load_yaml(path) if path else {}
+    apply_overrides(data, overrides or [])
+    try:
+        cfg = from_dict(PretrainConfig, data)
+    except ConfigError as err:
+        raise ConfigError(f"{path or 'config'}: {err}") from None
+    cfg.validate()
+    return cfg
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain nested dict (tuples as lists) for YAML/JSON and checkpoints."""
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        return v
+
+    return plain(dataclasses.asdict(cfg))
+
+
+def dump_yaml(cfg: Any) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

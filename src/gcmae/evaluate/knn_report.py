@@ -1,0 +1,48 @@
+"""kNN evaluation of a trained model on labelled folders (used by the demo and the pretrain summary)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gcmae.data.datasets import ImageFolderDataset
+from gcmae.data.transforms import eval_transform
+from gcmae.evaluate.embed import extract_features
+from gcmae.evaluate.knn import knn_accuracy
+from gcmae.models.gcmae import GCMAE
+
+
+@dataclass
+class KNNResult:
+    task: str
+    pool: str
+    k: int
+    accuracy: float
+    accuracy_1nn: float
+    num_reference: int
+    num_query: int
+
+
+def knn_on_folders(
+    model: GCMAE, reference_dir: str, query_dir: str | None, img_size: int, mean: tuple, std: tuple, task: str,
+    pool: str = "cls", k: int = 200, temperature: float = 0.07, batch_size: int = 128,
+) -> KNNResult:
+    """Weighted kNN + 1-NN accuracy. Without `query_dir`, leave-one-out on the reference folder."""
+    transform = eval_transform(img_size, mean, std)
+    ref = ImageFolderDataset(reference_dir, transform)
+    if not ref.classes:
+        raise ValueError(f"{reference_dir}: kNN needs class sub-folders")
+    ref_f, ref_y = extract_features(model, ref, pool, batch_size)
+    if query_dir is None:
+        q_f, q_y, loo, n_query = ref_f, ref_y, True, len(ref)
+    else:
+        query = ImageFolderDataset(query_dir, transform)
+        if query.classes != ref.classes:
+            raise ValueError(f"classes of {query_dir} {query.classes} differ from {reference_dir} {ref.classes}")
+        (q_f, q_y), loo, n_query = extract_features(model, query, pool, batch_size), False, len(query)
+    n = len(ref.classes)
+    k_eff = min(k, len(ref) - int(loo))
+    return KNNResult(
+        task, pool, k_eff,
+        knn_accuracy(ref_f, ref_y, q_f, q_y, n, k_eff, temperature, exclude_self=loo),
+        knn_accuracy(ref_f, ref_y, q_f, q_y, n, 1, temperature, exclude_self=loo),
+        len(ref), n_query,
+    )

@@ -1,0 +1,70 @@
+"""NPID memory bank (Wu et al. 2018) as used by GCMAE: one L2-normalised entry per training image."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+
+from gcmae.distributed import all_gather_cat, all_reduce_mean
+
+
+class MemoryBank(nn.Module):
+    """Non-parametric softmax memory with NCE scores.
+
+    scores(v, i) = exp(w_j . v / T) / Z for the positive j = i and K negatives drawn uniformly from all entries.
+    Z is estimated once, from the first batch, as mean(exp(w . v / T)) * N (averaged over all ranks).
+    After each step the positives are updated as normalise(m * w_i + (1 - m) * v_i) with the features of the
+    *global* batch, so every DDP rank holds the same bank.
+    """
+
+    def __init__(
+        self, size: int, dim: int, num_negatives: int = 8192, temperature: float = 0.07, momentum: float = 0.5,
+        negatives: str = "per_sample",
+    ) -> None:
+        super().__init__()
+        if size < 2:
+            raise ValueError(f"the memory bank needs at least 2 training images, got {size}")
+        if negatives not in ("per_sample", "shared"):
+            raise ValueError(f"negatives must be 'per_sample' or 'shared', got {negatives!r}")
+        self.size, self.dim = size, dim
+        self.num_negatives = min(num_negatives, size)
+        self.temperature, self.momentum, self.negatives = temperature, momentum, negatives
+        stdv = 1.0 / math.sqrt(dim / 3)
+        self.register_buffer("memory", torch.rand(size, dim).mul_(2 * stdv).add_(-stdv))
+        self.register_buffer("z", torch.tensor(-1.0))  # < 0: not estimated yet
+
+    def sample_negatives(self, batch_size: int, generator: torch.Generator, rank: int = 0, world_size: int = 1) -> torch.Tensor:
+        """Negative indices: (batch_size, K) for per-sample sampling, (K,) for shared.
+
+        Drawn for the global batch (batch_size * world_size rows) so each rank's slice equals a 1-process run.
+        """
+        k = self.num_negatives
+        if self.negatives == "shared":
+            idx = torch.randint(0, self.size, (k,), generator=generator)
+        else:
+            idx = torch.randint(0, self.size, (batch_size * world_size, k), generator=generator)
+            idx = idx[rank * batch_size : (rank + 1) * batch_size]
+        return idx.to(self.memory.device)
+
+    def scores(self, features: torch.Tensor, indices: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
+        """P(i | v) for the positive (column 0) and the negatives: (B, 1 + K). Features must be L2-normalised."""
+        memory = self.memory.detach()
+        v = features.float()
+        pos = (memory[indices] * v).sum(dim=1, keepdim=True)
+        if negatives.dim() == 1:
+            neg = v @ memory[negatives].T
+        else:
+            neg = torch.bmm(memory[negatives], v.unsqueeze(2)).squeeze(2)
+        out = torch.exp(torch.cat([pos, neg], dim=1) / self.temperature)
+        if self.z.item() < 0:
+            self.z.fill_(float(all_reduce_mean(out.detach().mean())) * self.size)
+        return out / self.z
+
+    @torch.no_grad()
+    def update(self, features: torch.Tensor, indices: torch.Tensor) -> None:
+        """Momentum update of the entries of the global batch (features gathered from all ranks)."""
+        v = all_gather_cat(features.detach().float())
+        idx = all_gather_cat(indices)
+        mixed = self.memory[idx] * self.momentum + v * (1 - self.momentum)
+        self.memory.index_copy_(0, idx, mixed / mixed.norm(dim=1, keepdim=True))

@@ -1,0 +1,170 @@
+"""GCMAE: a masked autoencoder whose masked-view embedding is also contrasted against an NPID memory bank."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.models.vision_transformer import Block
+
+from gcmae.losses.memory_bank import MemoryBank
+from gcmae.losses.nce import nce_loss
+from gcmae.losses.reconstruction import masked_reconstruction_loss, patchify, unpatchify
+from gcmae.models.masking import random_masking
+from gcmae.models.pos_embed import sincos_2d
+from gcmae.models.vit import create_encoder
+from gcmae.seeding import step_generator
+
+
+@dataclass
+class GCMAEOutput:
+    latent: torch.Tensor  # (B, 1 + kept, D) encoder tokens of the masked view, cls first
+    mask: torch.Tensor  # (B, L) 1 = removed patch, in the original patch order
+    ids_restore: torch.Tensor  # (B, L)
+    pred: torch.Tensor | None  # (B, L, p*p*3) decoder output, None when the decoder was skipped
+    embedding: torch.Tensor  # (B, D) mean of latent tokens, L2-normalised (the global-contrast feature)
+
+
+class MAEDecoder(nn.Module):
+    """The MAE decoder: project, fill masked positions with a mask token, transformer, per-patch pixels."""
+
+    def __init__(self, embed_dim: int, num_patches: int, patch_size: int, dim: int, depth: int, heads: int) -> None:
+        super().__init__()
+        self.embed = nn.Linear(embed_dim, dim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
+        grid = int(num_patches**0.5)
+        self.pos_embed = nn.Parameter(sincos_2d(dim, grid), requires_grad=False)
+        norm = partial(nn.LayerNorm, eps=1e-6)
+        self.blocks = nn.Sequential(*[Block(dim, heads, mlp_ratio=4.0, qkv_bias=True, norm_layer=norm) for _ in range(depth)])
+        self.norm = norm(dim)
+        self.pred = nn.Linear(dim, patch_size * patch_size * 3)
+
+    def forward(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
+        x = self.embed(latent)
+        b, kept, d = x.shape
+        num_masked = ids_restore.shape[1] + 1 - kept
+        patches = torch.cat([x[:, 1:], self.mask_token.expand(b, num_masked, d)], dim=1)
+        patches = torch.gather(patches, 1, ids_restore.unsqueeze(-1).expand(-1, -1, d))
+        x = torch.cat([x[:, :1], patches], dim=1) + self.pos_embed
+        x = self.norm(self.blocks(x))
+        return self.pred(x[:, 1:])
+
+
+class GCMAE(nn.Module):
+    """Encoder (timm ViT) + MAE decoder + NPID memory bank.
+
+    `num_data` is the number of training images: the bank holds one entry per image, addressed by dataset index.
+    """
+
+    def __init__(
+        self,
+        num_data: int,
+        encoder: str = "vit_base",
+        img_size: int = 224,
+        patch_size: int = 16,
+        decoder_dim: int = 512,
+        decoder_depth: int = 8,
+        decoder_heads: int = 16,
+        mask_ratio: float = 0.5,
+        norm_pix_loss: bool = True,
+        drop_path: float = 0.0,
+        reconstruction_weight: float = 1.0,
+        contrast_weight: float = 0.1,
+        num_negatives: int = 8192,
+        temperature: float = 0.07,
+        bank_momentum: float = 0.5,
+        negatives: str = "per_sample",
+    ) -> None:
+        super().__init__()
+        self.encoder = create_encoder(encoder, img_size, patch_size, drop_path)
+        self.encoder.pos_embed.requires_grad_(False)  # fixed sin-cos, as in MAE
+        num_patches = self.encoder.patch_embed.num_patches
+        self.encoder.pos_embed.data.copy_(sincos_2d(self.encoder.embed_dim, int(num_patches**0.5)))
+        self.decoder = MAEDecoder(self.encoder.embed_dim, num_patches, patch_size, decoder_dim, decoder_depth, decoder_heads)
+        self.bank = MemoryBank(num_data, self.encoder.embed_dim, num_negatives, temperature, bank_momentum, negatives)
+        self.patch_size = patch_size
+        self.mask_ratio = mask_ratio
+        self.norm_pix_loss = norm_pix_loss
+        self.reconstruction_weight = reconstruction_weight
+        self.contrast_weight = contrast_weight
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        w = self.encoder.patch_embed.proj.weight.data
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        nn.init.normal_(self.encoder.cls_token, std=0.02)
+        nn.init.normal_(self.decoder.mask_token, std=0.02)
+        for name, m in self.named_modules():
+            if name == "encoder.patch_embed.proj":
+                continue
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def encode_masked(self, imgs: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Encoder on the visible patches chosen by `noise` (B, L); returns latent, mask, ids_restore."""
+        enc = self.encoder
+        x = enc.patch_embed(imgs) + enc.pos_embed[:, 1:]
+        x, mask, ids_restore = random_masking(x, self.mask_ratio, noise)
+        cls = (enc.cls_token + enc.pos_embed[:, :1]).expand(x.shape[0], -1, -1)
+        x = enc.norm_pre(enc.pos_drop(torch.cat([cls, x], dim=1)))
+        return enc.norm(enc.blocks(x)), mask, ids_restore
+
+    def forward(self, imgs: torch.Tensor, noise: torch.Tensor) -> GCMAEOutput:
+        latent, mask, ids_restore = self.encode_masked(imgs, noise)
+        pred = self.decoder(latent, ids_restore) if self.reconstruction_weight > 0 else None
+        embedding = F.normalize(latent.mean(dim=1), dim=1)
+        return GCMAEOutput(latent, mask, ids_restore, pred, embedding)
+
+    def training_losses(
+        self, imgs: torch.Tensor, indices: torch.Tensor, seed: int, rank: int = 0, world_size: int = 1
+    ) -> dict[str, torch.Tensor]:
+        """One step's losses; updates the memory bank.
+
+        The masking noise and the negatives are drawn for the *global* batch from generators seeded by `seed`
+        and each rank takes its slice, so a run is identical whatever the number of processes, and resumes exactly.
+        """
+        b = imgs.shape[0]
+        num_patches = self.encoder.patch_embed.num_patches
+        noise_all = torch.rand(b * world_size, num_patches, generator=step_generator(seed, 0))
+        noise = noise_all[rank * b : (rank + 1) * b].to(imgs.device)
+        out = self(imgs, noise)
+        losses: dict[str, torch.Tensor] = {}
+        total = imgs.new_zeros(())
+        if out.pred is not None:
+            target = patchify(imgs, self.patch_size)
+            losses["loss_rec"] = masked_reconstruction_loss(out.pred, target, out.mask, self.norm_pix_loss)
+            total = total + self.reconstruction_weight * losses["loss_rec"]
+        if self.contrast_weight > 0:
+            negatives = self.bank.sample_negatives(b, step_generator(seed, 1), rank, world_size)
+            probs = self.bank.scores(out.embedding, indices, negatives)
+            losses["loss_nce"] = nce_loss(probs, self.bank.size)
+            total = total + self.contrast_weight * losses["loss_nce"]
+            self.bank.update(out.embedding.detach(), indices)
+        losses["loss"] = total
+        return losses
+
+    @torch.no_grad()
+    def reconstruct(self, imgs: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(reconstructed images in input space, mask as (B, L)); per-patch-normalised predictions are
+        mapped back with each patch's own mean/std, the usual way to look at a norm-pix MAE."""
+        out = self(imgs, noise)
+        if out.pred is None:
+            raise ValueError("this model has no reconstruction head (reconstruction_weight = 0)")
+        pred = out.pred
+        if self.norm_pix_loss:
+            target = patchify(imgs, self.patch_size)
+            mean, var = target.mean(-1, keepdim=True), target.var(-1, keepdim=True)
+            pred = pred * (var + 1e-6) ** 0.5 + mean
+        return unpatchify(pred, self.patch_size), out.mask
+
+    def embed(self, imgs: torch.Tensor, pool: str = "cls") -> torch.Tensor:
+        """Features of unmasked images: the cls token or the mean of the patch tokens, after the final norm."""
+        tokens = self.encoder.forward_features(imgs)
+        return tokens[:, 0] if pool == "cls" else tokens[:, self.encoder.num_prefix_tokens :].mean(dim=1)

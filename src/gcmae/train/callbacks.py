@@ -1,0 +1,75 @@
+"""Callbacks: atomic checkpoint files, the kNN monitor, and the figures written at the end of a run."""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+
+from gcmae.config import MonitorConfig
+from gcmae.data.datasets import ImageFolderDataset
+from gcmae.data.transforms import eval_transform
+from gcmae.evaluate.embed import extract_features
+from gcmae.evaluate.knn import knn_accuracy
+
+log = logging.getLogger(__name__)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints written to a temporary file, flushed, then renamed: a reader never sees a partial file.
+    Loading never unpickles code (`weights_only=True`)."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        with open(tmp, "wb") as f:
+            torch.save(checkpoint, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+        return torch.load(path, map_location=map_location or "cpu", weights_only=True)
+
+
+class KNNMonitor(L.Callback):
+    """Weighted kNN (k, T) and 1-NN accuracy of the encoder on a labelled folder, logged as knn/*."""
+
+    def __init__(self, cfg: MonitorConfig, img_size: int, mean: tuple, std: tuple) -> None:
+        self.cfg = cfg
+        transform = eval_transform(img_size, mean, std)
+        self.reference = ImageFolderDataset(cfg.train_dir, transform)
+        self.query = ImageFolderDataset(cfg.val_dir, transform)
+        for ds in (self.reference, self.query):
+            if not ds.classes:
+                raise ValueError(f"kNN monitor folder {ds.root} has no class sub-folders")
+        if self.reference.classes != self.query.classes:
+            raise ValueError(
+                f"kNN monitor: classes differ between {self.reference.root} {self.reference.classes} "
+                f"and {self.query.root} {self.query.classes}"
+            )
+
+    def evaluate(self, pl_module: L.LightningModule) -> dict[str, float]:
+        model = pl_module.model
+        ref_f, ref_y = extract_features(model, self.reference, self.cfg.pool, self.cfg.batch_size)
+        q_f, q_y = extract_features(model, self.query, self.cfg.pool, self.cfg.batch_size)
+        n = len(self.reference.classes)
+        return {
+            f"knn/top1_k{self.cfg.k}": knn_accuracy(ref_f, ref_y, q_f, q_y, n, self.cfg.k, self.cfg.temperature),
+            "knn/top1_1nn": knn_accuracy(ref_f, ref_y, q_f, q_y, n, 1, self.cfg.temperature),
+        }
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if (trainer.current_epoch + 1) % self.cfg.every_n_epochs:
+            return
+        if trainer.is_global_zero:
+            metrics = self.evaluate(pl_module)
+            for key, value in metrics.items():
+                pl_module.log(key, value, rank_zero_only=True)
+            log.info("epoch %d kNN: %s", trainer.current_epoch, metrics)
+        trainer.strategy.barrier()

@@ -1,0 +1,68 @@
+"""The LightningModule for GCMAE pretraining."""
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+import lightning as L
+import torch
+from torch.optim.lr_scheduler import LambdaLR
+
+from gcmae.config import PretrainConfig, from_dict
+from gcmae.models.gcmae import GCMAE
+from gcmae.seeding import derive_seed
+from gcmae.train.optim import build_adamw, scaled_lr, warmup_cosine
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or infinite; the run stops before anything is checkpointed from that state."""
+
+
+def build_model(cfg: PretrainConfig, num_data: int) -> GCMAE:
+    return GCMAE(num_data=num_data, **asdict(cfg.model), **asdict(cfg.loss))
+
+
+class PretrainModule(L.LightningModule):
+    """Wraps GCMAE: one optimiser step per batch (or per accumulation window), per-iteration lr schedule."""
+
+    def __init__(self, config: dict[str, Any], num_data: int) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.cfg: PretrainConfig = from_dict(PretrainConfig, config)
+        self.model = build_model(self.cfg, num_data)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        imgs, _, indices = batch
+        seed = derive_seed(self.cfg.trainer.seed, self.current_epoch, batch_idx)
+        losses = self.model.training_losses(imgs, indices, seed, self.global_rank, self.trainer.world_size)
+        if not torch.isfinite(losses["loss"]):
+            detail = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
+            raise NonFiniteLossError(
+                f"non-finite loss at epoch {self.current_epoch}, batch {batch_idx} (global step {self.global_step}): "
+                f"{detail}. Stopping; the last checkpoint written before this step is intact."
+            )
+        self.log_dict({f"train/{k}": v.detach() for k, v in losses.items()}, on_step=True, on_epoch=True,
+                      prog_bar=False, batch_size=imgs.shape[0])
+        self.log("loss", losses["loss"].detach(), prog_bar=True, logger=False)
+        return losses["loss"]
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        grads = [p.grad.detach().norm() for p in self.model.parameters() if p.grad is not None]
+        if grads:
+            self.log("train/grad_norm", torch.stack(grads).norm(), on_step=True, on_epoch=False)
+        self.log("train/lr", optimizer.param_groups[0]["lr"], on_step=True, on_epoch=False)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        o = self.cfg.optim
+        effective_batch = self.cfg.data.batch_size * o.accumulate_grad_batches * self.trainer.world_size
+        lr = scaled_lr(o.base_lr, effective_batch)
+        optimizer = build_adamw(self.model, lr, o.weight_decay, o.betas)
+        total_steps = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup_steps = o.warmup_epochs * total_steps / o.epochs
+        min_lr = o.min_lr
+
+        def factor(step: int) -> float:
+            return warmup_cosine(step, warmup_steps, total_steps, lr, min_lr) / lr
+
+        scheduler = LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,130 @@
+"""Pretraining set-up: dataset, LightningModule, Trainer, callbacks, resume, figures."""
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import torch
+import yaml
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from torch.utils.data import DataLoader
+
+from gcmae.config import PretrainConfig, dump_yaml, to_dict
+from gcmae.data.datasets import ImageFolderDataset
+from gcmae.data.sampler import SeededEpochSampler
+from gcmae.data.transforms import eval_transform, pretrain_transform
+from gcmae.io.atomic import write_text_atomic
+from gcmae.train.callbacks import AtomicCheckpointIO, KNNMonitor
+from gcmae.train.module import PretrainModule
+from gcmae.viz.curves import plot_curves
+from gcmae.viz.reconstruction import plot_reconstructions
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PretrainRun:
+    module: PretrainModule
+    trainer: L.Trainer
+    out_dir: Path
+    num_images: int
+    rejected: list[tuple[Path, str]]
+
+
+class PretrainData(L.LightningDataModule):
+    """Training loader with a seeded, rank-aware sampler (so resumes and DDP runs see the same data)."""
+
+    def __init__(self, dataset: ImageFolderDataset, cfg: PretrainConfig) -> None:
+        super().__init__()
+        self.dataset, self.cfg = dataset, cfg
+
+    def train_dataloader(self) -> DataLoader:
+        d = self.cfg.data
+        sampler = SeededEpochSampler(len(self.dataset), self.cfg.trainer.seed, self.trainer.global_rank,
+                                     self.trainer.world_size)
+        if len(sampler) < d.batch_size:
+            raise ValueError(
+                f"{d.train_dir}: {len(self.dataset)} images give {len(sampler)} per process, fewer than "
+                f"data.batch_size={d.batch_size}; lower the batch size"
+            )
+        return DataLoader(self.dataset, batch_size=d.batch_size, sampler=sampler, num_workers=d.num_workers,
+                          pin_memory=torch.cuda.is_available(), persistent_workers=d.num_workers > 0, drop_last=True)
+
+
+class RunFigures(L.Callback):
+    """At the end of fit (rank 0): loss curves and a reconstruction grid of fixed images."""
+
+    def __init__(self, out_dir: Path, dataset: ImageFolderDataset, cfg: PretrainConfig, num_images: int = 6) -> None:
+        self.out_dir, self.dataset, self.cfg, self.num_images = out_dir, dataset, cfg, num_images
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        write_figures(self.out_dir, pl_module, self.dataset, self.cfg, self.num_images)
+
+
+def write_figures(out_dir: Path, pl_module: PretrainModule, dataset: ImageFolderDataset, cfg: PretrainConfig,
+                  num_images: int = 6) -> None:
+    metrics = out_dir / "logs" / "metrics.csv"
+    if metrics.exists():
+        plot_curves(metrics, out_dir / "loss_curves.png")
+    if cfg.loss.reconstruction_weight > 0:
+        transform = eval_transform(cfg.model.img_size, cfg.data.mean, cfg.data.std)
+        step = max(1, len(dataset) // num_images)
+        imgs = torch.stack([transform(dataset.load(i)) for i in range(0, step * num_images, step)][:num_images])
+        model = pl_module.model.cpu() if pl_module.device.type != "cpu" else pl_module.model
+        plot_reconstructions(model, imgs, out_dir / "reconstructions.png", cfg.data.mean, cfg.data.std,
+                             seed=cfg.trainer.seed)
+
+
+def _warn_config_change(saved: Path, cfg: PretrainConfig) -> None:
+    old = yaml.safe_load(saved.read_text()) or {}
+    new = to_dict(cfg)
+    changed = [f"{s}.{k}" for s in new for k in new[s] if s != "trainer" and old.get(s, {}).get(k) != new[s][k]]
+    if changed:
+        log.warning("resuming with a config that differs from %s in: %s", saved, ", ".join(changed))
+
+
+def run_pretrain(cfg: PretrainConfig, resume: bool = True, extra_callbacks: Sequence[L.Callback] = ()) -> PretrainRun:
+    """Pretrain GCMAE as configured. With `resume`, continue from `<out_dir>/checkpoints/last.ckpt` if present."""
+    out_dir = Path(cfg.trainer.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
+    d = cfg.data
+    dataset = ImageFolderDataset(d.train_dir, pretrain_transform(cfg.model.img_size, d.crop_scale, d.hflip, d.mean,
+                                                                 d.std), d.validate)
+    last = out_dir / "checkpoints" / "last.ckpt"
+    ckpt_path = last if resume and last.exists() else None
+    config_file = out_dir / "config.yaml"
+    if ckpt_path and config_file.exists():
+        _warn_config_change(config_file, cfg)
+    write_text_atomic(config_file, dump_yaml(cfg))
+    if dataset.rejected:
+        write_text_atomic(out_dir / "rejected_images.txt",
+                          "".join(f"{path}\t{reason}\n" for path, reason in dataset.rejected))
+    log.info("training on %d images from %s (%d rejected)", len(dataset), d.train_dir, len(dataset.rejected))
+
+    module = PretrainModule(to_dict(cfg), num_data=len(dataset))
+    callbacks: list[L.Callback] = [
+        ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="epoch{epoch:03d}", auto_insert_metric_name=False,
+                        save_last=True, save_top_k=1, every_n_epochs=1),
+        RunFigures(out_dir, dataset, cfg),
+    ]
+    m = cfg.monitor
+    if m.train_dir or m.val_dir:
+        callbacks.insert(0, KNNMonitor(m, cfg.model.img_size, d.mean, d.std))
+    t = cfg.trainer
+    trainer = L.Trainer(
+        default_root_dir=out_dir, max_epochs=cfg.optim.epochs, accelerator=t.accelerator, devices=t.devices,
+        num_nodes=t.num_nodes, strategy=t.strategy, precision=t.precision,
+        accumulate_grad_batches=cfg.optim.accumulate_grad_batches, log_every_n_steps=t.log_every_n_steps,
+        deterministic=t.deterministic, enable_progress_bar=t.progress_bar, logger=CSVLogger(out_dir, name="", version="logs"),
+        callbacks=[*callbacks, *extra_callbacks], plugins=[AtomicCheckpointIO()], use_distributed_sampler=False,
+        limit_val_batches=0, num_sanity_val_steps=0, enable_model_summary=False,
+    )
+    trainer.fit(module, datamodule=PretrainData(dataset, cfg), ckpt_path=ckpt_path)
+    return PretrainRun(module, trainer, out_dir, len(dataset), dataset.rejected)
