@@ -11,6 +11,7 @@ import torch
 import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.strategies import DDPStrategy, Strategy
 from torch.utils.data import DataLoader
 
 from gcmae.config import PretrainConfig, dump_yaml, to_dict
@@ -44,13 +45,14 @@ class PretrainData(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         d = self.cfg.data
-        sampler = SeededEpochSampler(len(self.dataset), self.cfg.trainer.seed, self.trainer.global_rank,
-                                     self.trainer.world_size)
-        if len(sampler) < d.batch_size:
+        world = self.trainer.world_size
+        if len(self.dataset) < d.batch_size * world:
             raise ValueError(
-                f"{d.train_dir}: {len(self.dataset)} images give {len(sampler)} per process, fewer than "
-                f"data.batch_size={d.batch_size}; lower the batch size"
+                f"{d.train_dir}: {len(self.dataset)} images are fewer than one global batch "
+                f"(data.batch_size={d.batch_size} x {world} process(es)); lower the batch size"
             )
+        sampler = SeededEpochSampler(len(self.dataset), d.batch_size, self.cfg.trainer.seed, self.trainer.global_rank,
+                                     world)
         return DataLoader(self.dataset, batch_size=d.batch_size, sampler=sampler, num_workers=d.num_workers,
                           pin_memory=torch.cuda.is_available(), persistent_workers=d.num_workers > 0, drop_last=True)
 
@@ -69,9 +71,9 @@ class RunFigures(L.Callback):
 
 def write_figures(out_dir: Path, pl_module: PretrainModule, dataset: ImageFolderDataset, cfg: PretrainConfig,
                   num_images: int = 6) -> None:
-    metrics = out_dir / "logs" / "metrics.csv"
-    if metrics.exists():
-        plot_curves(metrics, out_dir / "loss_curves.png")
+    log_dir = out_dir / "logs"
+    if (log_dir / "metrics.csv").exists():
+        plot_curves(log_dir, out_dir / "loss_curves.png")
     if cfg.loss.reconstruction_weight > 0:
         transform = eval_transform(cfg.model.img_size, cfg.data.mean, cfg.data.std)
         step = max(1, len(dataset) // num_images)
@@ -89,6 +91,29 @@ def _warn_config_change(saved: Path, cfg: PretrainConfig) -> None:
         log.warning("resuming with a config that differs from %s in: %s", saved, ", ".join(changed))
 
 
+def _keep_previous_metrics(log_dir: Path) -> None:
+    """Lightning's CSVLogger deletes an existing metrics.csv; keep it as metrics.partN.csv for the curves."""
+    current = log_dir / "metrics.csv"
+    if current.exists():
+        part = 0
+        while (log_dir / f"metrics.part{part}.csv").exists():
+            part += 1
+        current.rename(log_dir / f"metrics.part{part}.csv")
+
+
+def make_strategy(cfg: PretrainConfig) -> str | Strategy:
+    """DDP without buffer broadcasting: every rank applies the same memory-bank update itself, so re-sending the
+    whole bank (N x D floats) from rank 0 at every step would only cost time."""
+    name = cfg.trainer.strategy
+    if not name.startswith("ddp"):
+        return name
+    start_method = {"ddp": "popen", "ddp_spawn": "spawn", "ddp_fork": "fork"}.get(name)
+    if start_method is None:
+        raise ValueError(f"trainer.strategy {name!r}: use auto, ddp, ddp_spawn or ddp_fork")
+    return DDPStrategy(start_method=start_method, broadcast_buffers=False,
+                       find_unused_parameters=cfg.loss.reconstruction_weight == 0)
+
+
 def run_pretrain(cfg: PretrainConfig, resume: bool = True, extra_callbacks: Sequence[L.Callback] = ()) -> PretrainRun:
     """Pretrain GCMAE as configured. With `resume`, continue from `<out_dir>/checkpoints/last.ckpt` if present."""
     out_dir = Path(cfg.trainer.out_dir)
@@ -103,6 +128,8 @@ def run_pretrain(cfg: PretrainConfig, resume: bool = True, extra_callbacks: Sequ
     if ckpt_path and config_file.exists():
         _warn_config_change(config_file, cfg)
     write_text_atomic(config_file, dump_yaml(cfg))
+    if ckpt_path:
+        _keep_previous_metrics(out_dir / "logs")
     if dataset.rejected:
         write_text_atomic(out_dir / "rejected_images.txt",
                           "".join(f"{path}\t{reason}\n" for path, reason in dataset.rejected))
@@ -120,7 +147,7 @@ def run_pretrain(cfg: PretrainConfig, resume: bool = True, extra_callbacks: Sequ
     t = cfg.trainer
     trainer = L.Trainer(
         default_root_dir=out_dir, max_epochs=cfg.optim.epochs, accelerator=t.accelerator, devices=t.devices,
-        num_nodes=t.num_nodes, strategy=t.strategy, precision=t.precision,
+        num_nodes=t.num_nodes, strategy=make_strategy(cfg), precision=t.precision,
         accumulate_grad_batches=cfg.optim.accumulate_grad_batches, log_every_n_steps=t.log_every_n_steps,
         deterministic=t.deterministic, enable_progress_bar=t.progress_bar, logger=CSVLogger(out_dir, name="", version="logs"),
         callbacks=[*callbacks, *extra_callbacks], plugins=[AtomicCheckpointIO()], use_distributed_sampler=False,

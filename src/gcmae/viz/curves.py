@@ -13,21 +13,31 @@ import matplotlib.pyplot as plt  # noqa: E402
 from gcmae.io.atomic import atomic_path  # noqa: E402
 
 
+def metrics_files(log_dir: Path) -> list[Path]:
+    """A run's CSV logs in order: the parts kept across resumes, then the current file."""
+    parts = sorted(log_dir.glob("metrics.part*.csv"), key=lambda p: int(p.stem.removeprefix("metrics.part")))
+    current = log_dir / "metrics.csv"
+    return parts + ([current] if current.exists() else [])
+
+
 def read_metrics(path: str | Path) -> dict[str, list[tuple[float, float]]]:
-    """{metric: [(step, value), ...]} from a Lightning CSVLogger file (empty cells skipped)."""
-    series: dict[str, list[tuple[float, float]]] = defaultdict(list)
-    with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            step = float(row.get("step") or 0)
-            for key, value in row.items():
-                if key not in ("step", "epoch") and value not in ("", None):
-                    series[key].append((step, float(value)))
-    return dict(series)
+    """{metric: [(step, value), ...]} from a CSVLogger file, or from all files of a log folder (a later file
+    wins for a step logged twice, e.g. re-run after a resume). Empty cells are skipped."""
+    path = Path(path)
+    by_step: dict[str, dict[float, float]] = defaultdict(dict)
+    for file in metrics_files(path) if path.is_dir() else [path]:
+        with open(file, newline="") as f:
+            for row in csv.DictReader(f):
+                step = float(row.get("step") or 0)
+                for key, value in row.items():
+                    if key not in ("step", "epoch") and value not in ("", None):
+                        by_step[key][step] = float(value)
+    return {key: sorted(values.items()) for key, values in by_step.items()}
 
 
-def plot_curves(metrics_csv: str | Path, out_png: str | Path) -> Path:
-    """Step losses (rec, nce, total) and, if logged, the kNN accuracies, as one PNG."""
-    series = read_metrics(metrics_csv)
+def plot_curves(metrics: str | Path, out_png: str | Path) -> Path:
+    """Step losses (rec, nce, total) and, if logged, the kNN accuracies, as one PNG (`metrics`: file or log dir)."""
+    series = read_metrics(metrics)
     losses = [k for k in ("train/loss_step", "train/loss_rec_step", "train/loss_nce_step") if k in series]
     knn = sorted(k for k in series if k.startswith("knn/"))
     ncols = 1 + bool(knn)

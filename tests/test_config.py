@@ -1,0 +1,51 @@
+import pytest
+
+from gcmae.config import ConfigError, load_pretrain_config
+from tests.conftest import REPO
+
+CONFIGS = sorted((REPO / "configs" / "pretrain").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_shipped_configs_load(path):
+    cfg = load_pretrain_config(path)
+    assert cfg.model.mask_ratio == 0.5
+
+
+def test_paper_recipe_defaults():
+    cfg = load_pretrain_config(REPO / "configs/pretrain/gcmae_vit_base_paper.yaml")
+    assert (cfg.model.encoder, cfg.model.img_size, cfg.model.patch_size) == ("vit_base", 224, 16)
+    assert (cfg.model.decoder_dim, cfg.model.decoder_depth, cfg.model.decoder_heads) == (512, 8, 16)
+    assert (cfg.loss.contrast_weight, cfg.loss.num_negatives, cfg.loss.temperature) == (0.1, 8192, 0.07)
+    assert (cfg.optim.epochs, cfg.optim.warmup_epochs, cfg.optim.betas) == (80, 40, (0.9, 0.95))
+    assert load_pretrain_config(REPO / "configs/pretrain/mae_vit_base_paper.yaml").loss.contrast_weight == 0
+
+
+def test_unknown_key_names_the_key(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  encoder: vit_tiny\n  mask_ration: 0.5\n")
+    with pytest.raises(ConfigError, match=r"model\.mask_ration"):
+        load_pretrain_config(bad)
+
+
+def test_unknown_section_and_wrong_type(tmp_path):
+    with pytest.raises(ConfigError, match="unknown config key"):
+        load_pretrain_config(None, ["optimiser.lr=1"])
+    with pytest.raises(ConfigError, match=r"data\.batch_size: expected an integer"):
+        load_pretrain_config(None, ["data.batch_size=big"])
+    with pytest.raises(ConfigError, match=r"optim\.betas: expected a list of 2"):
+        load_pretrain_config(None, ["optim.betas=[0.9]"])
+
+
+def test_overrides_are_parsed_as_yaml():
+    cfg = load_pretrain_config(None, ["optim.epochs=3", "loss.contrast_weight=0", "data.crop_scale=[0.5, 1]"])
+    assert cfg.optim.epochs == 3 and cfg.loss.contrast_weight == 0.0 and cfg.data.crop_scale == (0.5, 1.0)
+
+
+def test_inconsistent_values_are_rejected(tmp_path):
+    with pytest.raises(ConfigError, match="mask_ratio is 0"):
+        load_pretrain_config(None, ["model.mask_ratio=0"])
+    with pytest.raises(ConfigError, match="not a multiple"):
+        load_pretrain_config(None, ["model.img_size=100"])
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_pretrain_config(tmp_path / "nope.yaml")
