@@ -16,6 +16,9 @@ def _pretrain(args: argparse.Namespace) -> int:
     from gcmae.train.pretrain import run_pretrain
 
     cfg = load_pretrain_config(args.config, args.overrides)
+    last = Path(cfg.trainer.out_dir) / "checkpoints" / "last.ckpt"
+    if args.resume and not last.exists():
+        raise FileNotFoundError(f"--resume: no checkpoint to resume from at {last}")
     run = run_pretrain(cfg, resume=not args.no_resume)
     print(f"done: {run.num_images} images, outputs in {run.out_dir}")
     return 0
@@ -25,7 +28,7 @@ def _tile(args: argparse.Namespace) -> int:
     from gcmae.slide.tiling import tile_slides
 
     summary = tile_slides(Path(args.input), Path(args.out), tile_size=args.tile_size, mpp=args.mpp,
-                          min_tissue=args.min_tissue)
+                          min_tissue=args.min_tissue, slide_mpp=args.slide_mpp)
     print(f"tiled {summary.slides_done} slide(s), skipped {summary.slides_skipped} finished, "
           f"{len(summary.failures)} failed; {summary.tiles_written} tiles in {args.out}")
     for path, reason in summary.failures:
@@ -55,7 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("pretrain", help="pretrain GCMAE from a YAML config (resumes from out_dir if possible)")
     p.add_argument("--config", required=True, help="YAML config, e.g. configs/pretrain/gcmae_vit_base_paper.yaml")
-    p.add_argument("--no-resume", action="store_true", help="start from scratch even if a checkpoint exists")
+    resume = p.add_mutually_exclusive_group()
+    resume.add_argument("--resume", action="store_true",
+                        help="continue from <out_dir>/checkpoints/last.ckpt; an error if there is none "
+                             "(without either flag a run resumes when that file exists)")
+    resume.add_argument("--no-resume", action="store_true", help="start from scratch even if a checkpoint exists")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.epochs=10 data.batch_size=64")
     p.set_defaults(func=_pretrain)
 
@@ -64,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--tile-size", type=int, default=224)
     p.add_argument("--mpp", type=float, default=None, help="target microns per pixel (default: level 0)")
+    p.add_argument("--slide-mpp", type=float, default=None,
+                   help="the slide's own level-0 microns per pixel, for slides whose metadata lacks it")
     p.add_argument("--min-tissue", type=float, default=0.5, help="minimum tissue fraction of a kept tile")
     p.set_defaults(func=_tile)
 

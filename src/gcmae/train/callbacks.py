@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -15,6 +14,7 @@ from gcmae.data.datasets import ImageFolderDataset
 from gcmae.data.transforms import eval_transform
 from gcmae.evaluate.embed import extract_features
 from gcmae.evaluate.knn import knn_accuracy
+from gcmae.io.atomic import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -24,14 +24,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     Loading never unpickles code (`weights_only=True`)."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as f:
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
             torch.save(checkpoint, f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
 
     def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
         return torch.load(path, map_location=map_location or "cpu", weights_only=True)

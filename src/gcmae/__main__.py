@@ -1,0 +1,5 @@
+import sys
+
+from gcmae.cli import main
+
+sys.exit(main())

@@ -1,0 +1,43 @@
+"""The `gcmae` command gives clear errors (exit code 2, message naming the problem) instead of tracebacks."""
+import pytest
+
+from gcmae.cli import main
+
+
+def test_bad_config_key(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("loss:\n  contrast_wieght: 0.1\n")
+    assert main(["pretrain", "--config", str(bad)]) == 2
+    assert "loss.contrast_wieght" in capsys.readouterr().err
+
+
+def test_pretrain_on_empty_folder(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"data:\n  train_dir: {tmp_path / 'empty'}\ntrainer:\n  out_dir: {tmp_path / 'out'}\n")
+    assert main(["pretrain", "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "no usable images" in err and str(tmp_path / "empty") in err
+
+
+def test_pretrain_on_folder_of_corrupt_images(tmp_path, capsys):
+    data = tmp_path / "bad_images"
+    data.mkdir()
+    (data / "a.jpg").write_bytes(b"\xff\xd8\xff truncated")
+    (data / "b.png").write_text("text")
+    assert main(["pretrain", "--config", "configs/pretrain/demo_vit_tiny_cpu.yaml", f"data.train_dir={data}",
+                 f"trainer.out_dir={tmp_path / 'out'}"]) == 2
+    assert "2 file(s) could not be read" in capsys.readouterr().err
+
+
+def test_tile_a_corrupt_slide(tmp_path, capsys):
+    slide = tmp_path / "broken.svs"
+    slide.write_bytes(b"II*\x00" + b"\x00" * 100)
+    assert main(["tile", str(slide), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "broken.svs" in err
+
+
+def test_unknown_subcommand_exits():
+    with pytest.raises(SystemExit):
+        main(["frobnicate"])
