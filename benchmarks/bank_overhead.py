@@ -65,7 +65,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--img-size", type=int, default=224)
     p.add_argument("--batch-size", type=int, default=None, help="default: 8 on cpu (2 with --quick), 128 on cuda")
     p.add_argument("--iters", type=int, default=None,
-                   help="measured steps per configuration (default: 5 on cpu, 30 on cuda; 2 / 10 with --quick)")
+                   help="measured steps per configuration (default: 10 on cpu, 30 on cuda; 2 / 10 with --quick)")
     p.add_argument("--warmup", type=int, default=None,
                    help="un-timed steps per configuration first (default: 1 on cpu, 5 on cuda)")
     p.add_argument("--bank-reps", type=int, default=None,
@@ -82,7 +82,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if a.batch_size is None:
         a.batch_size = PAPER_BATCH if cuda else (2 if a.quick else 8)
     if a.iters is None:
-        a.iters = (10 if a.quick else 30) if cuda else (2 if a.quick else 5)
+        a.iters = (10 if a.quick else 30) if cuda else (2 if a.quick else 10)
     if a.warmup is None:
         a.warmup = (2 if a.quick else 5) if cuda else 1
     if a.bank_reps is None:
@@ -118,6 +118,23 @@ def device_name(device: torch.device) -> str:
     except OSError:
         pass
     return f"cpu ({model}, {os.cpu_count()} logical cores)"
+
+
+def busy_cores(interval: float = 0.5) -> float | None:
+    """CPU cores kept busy by *other* processes over `interval` seconds (called while this one is idle); Linux only."""
+
+    def sample() -> tuple[int, int]:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        return sum(fields[:8]) - idle, sum(fields[:8])
+
+    try:
+        busy0, total0 = sample()
+        time.sleep(interval)
+        busy1, total1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    return (os.cpu_count() or 1) * (busy1 - busy0) / max(1, total1 - total0)
 
 
 # --------------------------------------------------------------------------------------------- full training step
@@ -243,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  bank N={args.num_data:,} K={args.num_negatives} (D = encoder width), contrast_weight {CONTRAST_WEIGHT}")
     print(f"  {args.warmup} warm-up + {args.iters} measured steps per configuration, interleaved round-robin"
           f"{' [--quick]' if args.quick else ''}")
-    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    others_before = busy_cores() if device.type == "cpu" else None
     print("training steps (forward + backward + AdamW):", flush=True)
     times = measure_training(args, device, timer)
 
@@ -307,10 +324,17 @@ def main(argv: list[str] | None = None) -> int:
     print("  phases: sample = sample_negatives (CPU generator + copy to device), scores = gather + dot products + exp,"
           " nce = nce_loss, backward = backward through scores + nce, update = momentum update of the batch's entries.")
     print()
-    if device.type == "cpu" and load_before > 0.5:
-        print(f"note: the 1-min load average was already {load_before:.1f} before this benchmark started "
-              f"({os.cpu_count()} cores): other processes competed for the CPU, so per-step times are noisy; "
-              "compare the min column and the bank-alone share.")
+    if device.type == "cpu":
+        others_after = busy_cores()
+        seen = [x for x in (others_before, others_after) if x is not None]
+        if seen:
+            print(f"other processes kept {', '.join(f'{x:.1f}' for x in seen)} of {os.cpu_count()} cores busy "
+                  "(sampled for 0.5 s before / after the measurements)")
+            if max(seen) > 0.25:
+                print("note: other processes competed for the CPU, so per-step times are noisy; look at the "
+                      "min column, the +/-% spread and the bank-alone share.")
+    if args.quick:
+        print("--quick: a smoke check; too few steps for the end-to-end overhead / PASS-FAIL to mean much.")
     print(f"wall time {time.perf_counter() - t_start:.1f} s")
     return 0
 

@@ -56,6 +56,8 @@ def test_update_is_momentum_then_renormalise():
     feats = F.normalize(torch.randn(3, 8), dim=1)
     idx = torch.tensor([2, 9, 30])
     bank.update(feats, idx)
+    assert torch.equal(bank.memory, before)  # deferred: the step's backward may still need the old bank
+    bank.flush()
     for row, i in enumerate(idx.tolist()):
         mixed = [0.5 * a + 0.5 * b for a, b in zip(before[i].tolist(), feats[row].tolist())]
         norm = math.sqrt(sum(v * v for v in mixed))
@@ -79,3 +81,39 @@ def test_bank_state_round_trips_through_state_dict():
     other = make_bank(seed=1)
     other.load_state_dict(bank.state_dict())
     assert torch.equal(other.memory, bank.memory) and other.z.item() == bank.z.item()
+
+
+def test_dense_and_gathered_per_sample_scores_agree(monkeypatch):
+    import gcmae.losses.memory_bank as mb
+
+    feats = F.normalize(torch.randn(4, 8), dim=1).requires_grad_()
+    idx = torch.tensor([1, 2, 3, 4])
+    results = []
+    for limit in (2**26, 0):  # dense path, then the (B, K, D) gather path
+        monkeypatch.setattr(mb, "_DENSE_SCORES_MAX", limit)
+        bank = make_bank()
+        probs = bank.scores(feats, idx, bank.sample_negatives(4, torch.Generator().manual_seed(2)))
+        (grad,) = torch.autograd.grad(probs.log().sum(), feats)
+        results.append((probs.detach(), grad))
+    assert torch.allclose(results[0][0], results[1][0], rtol=1e-5)
+    assert torch.allclose(results[0][1], results[1][1], rtol=1e-4, atol=1e-6)
+
+
+def test_loaded_z_is_used_without_re_estimation():
+    bank = make_bank()
+    state = bank.state_dict()
+    state["z"] = torch.tensor(123.0)
+    bank.load_state_dict(state)
+    feats = F.normalize(torch.randn(2, 8), dim=1)
+    probs = bank.scores(feats, torch.tensor([0, 1]), bank.sample_negatives(2, torch.Generator().manual_seed(0)))
+    assert bank.z.item() == 123.0
+    raw = torch.exp((bank.memory[0] @ feats[0]) / 0.07)
+    assert torch.isclose(probs[0, 0], raw / 123.0, rtol=1e-5)
+
+
+def test_state_dict_includes_the_pending_update():
+    bank = make_bank()
+    feats = F.normalize(torch.randn(2, 8), dim=1)
+    bank.update(feats, torch.tensor([4, 5]))
+    saved = bank.state_dict()["memory"]
+    assert torch.allclose(saved[4].norm(), torch.tensor(1.0)) and torch.equal(saved, bank.memory)

@@ -46,6 +46,9 @@ class PretrainModule(L.LightningModule):
         self.log("loss", losses["loss"].detach(), prog_bar=True, logger=False)
         return losses["loss"]
 
+    def on_train_batch_end(self, outputs: object, batch: object, batch_idx: int) -> None:
+        self.model.bank.flush()  # this batch's backward is done: write its memory-bank update
+
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         grads = [p.grad.detach().norm() for p in self.model.parameters() if p.grad is not None]
         if grads:

@@ -1,6 +1,7 @@
 """Pretraining set-up: dataset, LightningModule, Trainer, callbacks, resume, figures."""
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.strategies import DDPStrategy, Strategy
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from gcmae.config import PretrainConfig, dump_yaml, to_dict
@@ -110,8 +112,11 @@ def make_strategy(cfg: PretrainConfig) -> str | Strategy:
     start_method = {"ddp": "popen", "ddp_spawn": "spawn", "ddp_fork": "fork"}.get(name)
     if start_method is None:
         raise ValueError(f"trainer.strategy {name!r}: use auto, ddp, ddp_spawn or ddp_fork")
-    return DDPStrategy(start_method=start_method, broadcast_buffers=False,
-                       find_unused_parameters=cfg.loss.reconstruction_weight == 0)
+    no_buffer_sync = ({"forward_sync_buffers": False}
+                      if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+                      else {"broadcast_buffers": False})
+    return DDPStrategy(start_method=start_method, find_unused_parameters=cfg.loss.reconstruction_weight == 0,
+                       **no_buffer_sync)
 
 
 def run_pretrain(cfg: PretrainConfig, resume: bool = True, extra_callbacks: Sequence[L.Callback] = ()) -> PretrainRun:
