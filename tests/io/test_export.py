@@ -1,15 +1,18 @@
 """Round trip: our checkpoint -> gcmae export -> timm.create_model('local-dir:...') gives the same features."""
 import json
+import shutil
 
 import pytest
 import timm
 import torch
+import yaml
 
 from gcmae import from_pretrained, load_checkpoint
 from gcmae.io.checkpoints import CheckpointError
+from gcmae.io.convert import build_gcmae_from_weights, load_weights
 from gcmae.io.export import export_encoder
 from gcmae.train.pretrain import run_pretrain
-from tests.train.helpers import tiny_config
+from tests.train.helpers import assert_states_close, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -54,3 +57,33 @@ def test_truncated_or_foreign_checkpoint_is_refused(trained_checkpoint, tmp_path
         load_checkpoint(foreign)
     with pytest.raises(CheckpointError, match="checkpoint not found"):
         load_checkpoint(tmp_path / "missing.ckpt")
+
+
+def test_own_checkpoint_imports_like_load_checkpoint(trained_checkpoint):
+    model, cfg = load_checkpoint(trained_checkpoint)
+    w = load_weights(trained_checkpoint)
+    assert (w.kind, w.encoder, w.img_size, w.patch_size, w.num_data) == ("gcmae", "vit_tiny", 32, 8, 16)
+    assert w.bank_z == pytest.approx(model.bank.z.item()) and w.bank_z > 0  # estimated during the epoch
+    rebuilt = build_gcmae_from_weights(w)
+    assert_states_close(rebuilt.state_dict(), model.state_dict())
+    assert (rebuilt.bank.num_negatives, rebuilt.decoder.blocks[0].attn.num_heads) == (16, 2)
+
+
+def test_model_card_from_the_run_config_and_metrics(trained_checkpoint, tmp_path):
+    checkpoints = tmp_path / "demo" / "pretrain" / "checkpoints"  # the `gcmae demo` layout
+    checkpoints.mkdir(parents=True)
+    ckpt = checkpoints / "last.ckpt"
+    shutil.copy(trained_checkpoint, ckpt)
+    knn = [{"model": "gcmae", "task": "PCam valid", "pool": "cls", "k": 200, "accuracy": 0.765, "accuracy_1nn": 0.685}]
+    (tmp_path / "demo" / "metrics.json").write_text(json.dumps({"knn": knn, "epochs": 1}))
+    card = (export_encoder(ckpt, tmp_path / "encoder") / "README.md").read_text()
+    front = yaml.safe_load(card.split("---\n")[1])
+    assert front["library_name"] == "timm" and front["license"] == "apache-2.0"
+    assert front["tags"] == ["pathology", "self-supervised", "gcmae", "image-feature-extraction"]
+    _, cfg = load_checkpoint(ckpt)
+    assert f"image folder: {cfg.data.train_dir}" in card and "number of training images: 16" in card
+    for row in ("| image size / patch size | 32 px / 8 px |", "| mask ratio | 0.5 |", "| negatives K | 16 |",
+                "| contrast weight (total = MAE + w x NCE) | 0.1 |", "| temperature T | 0.07 |", "| epochs | 1 |",
+                "| batch size (per device) | 8 |", "| gcmae | PCam valid | cls | 200 | 0.765 | 0.685 |"):
+        assert row in card, row
+    assert "mean = [0.679, 0.5053, 0.669]" in card and 'timm.create_model("local-dir:' in card
