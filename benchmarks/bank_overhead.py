@@ -214,6 +214,7 @@ def measure_bank(args: argparse.Namespace, device: torch.device, timer: Timer, d
                 loss.backward()
                 t.append(timer.now())
                 bank.update(emb.detach(), indices)
+                bank.flush()  # the deferred write into the bank belongs to the update's cost
                 t.append(timer.now())
                 if rep > 0:
                     for ph, t0, t1 in zip(BANK_PHASES, t[:-1], t[1:]):

@@ -36,6 +36,23 @@ def _tile(args: argparse.Namespace) -> int:
     return 1 if summary.failures and not (summary.slides_done or summary.slides_skipped) else 0
 
 
+def _check_data(args: argparse.Namespace) -> int:
+    from gcmae.data.validation import scan_folder
+    from gcmae.io.atomic import write_text_atomic
+
+    report = scan_folder(Path(args.folder), decode=args.full)
+    for check in report.checks:
+        if check.error:
+            print(f"rejected: {check.path}: {check.error}")
+        for note in check.warnings:
+            print(f"warning: {check.path}: {note}")
+    print(report.summary())
+    if args.out:
+        write_text_atomic(args.out, report.to_csv())
+        print(f"report written to {args.out}")
+    return 1 if report.count("rejected") else 0
+
+
 def _export(args: argparse.Namespace) -> int:
     from gcmae.io.export import export_encoder
 
@@ -76,9 +93,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-tissue", type=float, default=0.5, help="minimum tissue fraction of a kept tile")
     p.set_defaults(func=_tile)
 
+    p = sub.add_parser("check-data", help="check every image under a folder; exit code 1 if any is rejected")
+    p.add_argument("folder")
+    p.add_argument("--full", action="store_true", help="decode every pixel (catches truncated files; slower)")
+    p.add_argument("--out", default=None, help="write path,status,reason for every image file to this CSV")
+    p.set_defaults(func=_check_data)
+
     p = sub.add_parser("export", help="export the encoder of a checkpoint as model.safetensors + config.json")
     p.add_argument("checkpoint")
     p.add_argument("--out", required=True)
+    p.set_defaults(func=_export)
+
+    p = sub.add_parser("convert", help="official GCMAE/MAE checkpoint, timm state dict or gcmae checkpoint -> "
+                                       "exported encoder folder (model.safetensors, config.json, README.md)")
+    p.add_argument("checkpoint", metavar="IN")
+    p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(func=_export)
 
     p = sub.add_parser("demo", help="tile the shipped slides, pretrain a small GCMAE, evaluate, summarise")
@@ -87,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default="data/samples", help="folder with slides/, pcam/ and crc-val-he-7k/")
     p.add_argument("overrides", nargs="*", help="dotted overrides of the pretraining config")
     p.set_defaults(func=_demo)
+
     return parser
 
 

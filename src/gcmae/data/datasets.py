@@ -1,39 +1,28 @@
 """Image folders that return (image, label, index), with up-front validation of the files."""
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch.utils.data import Dataset
+
+from gcmae.data.validation import IMAGE_EXTENSIONS, check_image, find_images, inspect_image, to_rgb
+from gcmae.io.atomic import write_text_atomic
+
+__all__ = ["EmptyDatasetError", "IMAGE_EXTENSIONS", "ImageFolderDataset", "check_image", "find_images"]
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
+MAX_REPLACEMENTS = 8  # consecutive unreadable files tried before __getitem__ gives up
 
 
 class EmptyDatasetError(ValueError):
     """A folder holds no usable images."""
-
-
-def find_images(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
-
-
-def check_image(path: Path, decode: bool) -> str | None:
-    """None if `path` opens (and, with `decode`, fully decodes) as an image, else the reason it does not."""
-    try:
-        with Image.open(path) as img:
-            if decode:
-                img.load()
-            if img.width < 1 or img.height < 1:
-                return "image has no pixels"
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as err:
-        return f"{type(err).__name__}: {err}"
-    return None
 
 
 class ImageFolderDataset(Dataset):
@@ -41,7 +30,10 @@ class ImageFolderDataset(Dataset):
 
     Unlabelled folders give label -1. Files that fail validation ("header": open every file, "full": decode every
     file) are excluded before indices are assigned, so memory-bank indices always match the images trained on;
-    they are listed in `self.rejected`.
+    they are listed in `self.rejected`, and usable-but-odd files (grayscale, 16-bit, alpha, wrong extension) in
+    `self.warnings`. A file that becomes unreadable later (deleted, truncated mid-run) is replaced in
+    `__getitem__` by the next readable index, deterministically; each replacement is logged and recorded in
+    `self.replaced` (per process: DataLoader workers keep their own list).
     """
 
     def __init__(self, root: str | Path, transform: Callable | None = None, validate: str = "header") -> None:
@@ -50,11 +42,18 @@ class ImageFolderDataset(Dataset):
             raise FileNotFoundError(f"image folder not found: {self.root}")
         files = find_images(self.root)
         self.rejected: list[tuple[Path, str]] = []
+        self.warnings: list[tuple[Path, str]] = []
+        self.replaced: list[tuple[Path, str]] = []
         if validate != "none":
             good = []
             for f in files:
-                reason = check_image(f, decode=validate == "full")
-                (self.rejected.append((f, reason)) if reason else good.append(f))
+                check = inspect_image(f, decode=validate == "full")
+                if check.error:
+                    self.rejected.append((f, check.error))
+                    continue
+                good.append(f)
+                if check.warnings:
+                    self.warnings.append((f, "; ".join(check.warnings)))
             files = good
         for path, reason in self.rejected:
             log.warning("skipping unreadable image %s: %s", path, reason)
@@ -76,17 +75,47 @@ class ImageFolderDataset(Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
+    def report(self) -> dict[str, int]:
+        """Counts for the run summary: usable images, rejected files, files with warnings."""
+        return {"images": len(self.files), "rejected": len(self.rejected), "warnings": len(self.warnings)}
+
+    def write_report(self, path: str | Path) -> Path:
+        """Write `report()` as JSON (atomically)."""
+        return write_text_atomic(path, json.dumps(self.report(), indent=2) + "\n")
+
     def load(self, index: int) -> Image.Image:
+        """The image at `index` as 8-bit RGB; OSError naming the file if it cannot be read."""
         path = self.files[index]
         try:
             with Image.open(path) as img:
-                return img.convert("RGB")
-        except (OSError, ValueError) as err:
+                return to_rgb(img)
+        except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as err:
             raise OSError(f"cannot read image {path}: {err}") from err
 
+    def _load_or_replace(self, index: int) -> tuple[Image.Image, int]:
+        """The image at `index`, or at the next readable index when it cannot be read (bounded retries)."""
+        errors = []
+        for step in range(min(MAX_REPLACEMENTS, len(self) - 1) + 1):
+            i = (index + step) % len(self)
+            try:
+                img = self.load(i)
+            except OSError as err:
+                errors.append(str(err))
+                self.replaced.append((self.files[i], str(err)))
+                log.warning("%s; replacing sample %d by sample %d (%s)", err, i, (i + 1) % len(self),
+                            self.files[(i + 1) % len(self)])
+                continue
+            return img, i
+        raise OSError(f"{len(errors)} consecutive images from index {index} are unreadable; last: {errors[-1]}")
+
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[Any, int, int]:
+        """(image, label, index); `key` may be (index, sample_seed) for a reproducible random transform.
+
+        When the file at `index` is unreadable the returned triple is that of its replacement (its own label and
+        index), transformed under the same sample seed.
+        """
         index, sample_seed = key if isinstance(key, tuple) else (key, None)
-        img = self.load(index)
+        img, index = self._load_or_replace(index)
         if self.transform is not None:
             if sample_seed is None:
                 img = self.transform(img)

@@ -1,9 +1,11 @@
 """Tile slides into non-overlapping tissue patches on a regular grid.
 
-Output per slide, under ``out_dir/<slide_stem>/``: ``tiles/x{X}_y{Y}.png`` (level-0
-coordinates of the tile's top-left corner), ``tissue_mask.png``, ``thumbnail.png``
-(mask overlay + kept tiles) and ``coords.csv``. Every file is written atomically and
-``coords.csv`` last, so its presence marks the slide as finished (re-runs skip it).
+Output per slide, under ``out_dir/<slide_stem>/`` (the stem made a safe folder name):
+``tiles/x{X}_y{Y}.png`` (level-0 coordinates of the tile's top-left corner), ``tissue_mask.png``,
+``thumbnail.png`` (mask overlay + kept tiles) and ``coords.csv``. Every file is written atomically
+and ``coords.csv`` last, so its presence marks the slide as finished (re-runs skip it). A slide is
+claimed with the lock file ``out_dir/.<name>.lock`` while it is tiled, so several processes can
+share one output folder: each slide is tiled by one of them (locks of dead processes are taken over).
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -20,6 +24,7 @@ from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from gcmae.io.atomic import atomic_path, write_bytes_atomic
+from gcmae.io.paths import claim, lock_owner, safe_name, unique_names
 from gcmae.slide.reader import SlideReader, SlideReadError, open_slide
 from gcmae.slide.tissue import DEFAULT_MASK_SIZE, TissueMask, slide_tissue_mask
 
@@ -65,6 +70,8 @@ class SlideTilingResult:
     tiles: list[TileRecord] = field(default_factory=list)
     grid: TileGrid | None = None
     tissue: TissueMask | None = None
+    busy: bool = False  # skipped because another live process holds the slide's lock
+    warning: str | None = None  # e.g. no tissue found (0 tiles): finished, but worth a look
 
     @property
     def n_tiles(self) -> int:
@@ -77,10 +84,13 @@ class TilingSummary:
     slides_skipped: int = 0  # already finished (coords.csv present)
     failures: list[tuple[Path, str]] = field(default_factory=list)
     tiles_written: int = 0
+    slides_busy: int = 0  # being tiled by another process
+    warnings: list[tuple[Path, str]] = field(default_factory=list)
 
     def __str__(self) -> str:
         return (f"{self.slides_done} slide(s) tiled, {self.slides_skipped} already done, "
-                f"{len(self.failures)} failed; {self.tiles_written} tiles written")
+                f"{self.slides_busy} in progress elsewhere, {len(self.failures)} failed, "
+                f"{len(self.warnings)} with warnings; {self.tiles_written} tiles written")
 
 
 def plan_grid(reader: SlideReader, tile_size: int, mpp: float | None = None,
@@ -167,24 +177,39 @@ def tile_slide(path: str | Path, out_dir: str | Path, tile_size: int = 224, mpp:
                min_tissue: float = 0.5, *, slide_mpp: float | None = None, name: str | None = None,
                mask_size: int = DEFAULT_MASK_SIZE, overwrite: bool = False,
                progress: bool = True) -> SlideTilingResult:
-    """Tile one slide into ``out_dir/<name or slide stem>/`` (see module doc).
+    """Tile one slide into ``out_dir/<safe_name(name or slide stem)>/`` (see module doc).
 
     Keeps grid cells whose :func:`tissue_fractions` value is ``>= min_tissue``. Skips the
-    slide (``skipped=True``) if its ``coords.csv`` exists, unless ``overwrite``.
-    ``slide_mpp`` overrides the slide's MPP metadata. Raises FileNotFoundError,
-    :class:`SlideReadError` or :class:`MissingMPPError` before writing anything (read
-    errors mid-way leave no coords.csv, so the slide is redone next time).
+    slide (``skipped=True``) if its ``coords.csv`` exists, unless ``overwrite``, and
+    (``busy=True``) while another live process holds its lock. ``slide_mpp`` overrides the
+    slide's MPP metadata. Raises FileNotFoundError, :class:`SlideReadError` or
+    :class:`MissingMPPError` before writing anything; a read error mid-way removes the
+    slide's partial output, so nothing half-done looks like a result.
     """
     path, out_dir = Path(path), Path(out_dir)
     if tile_size < 1 or not 0.0 <= min_tissue <= 1.0:
         raise ValueError(f"need tile_size >= 1 and 0 <= min_tissue <= 1, got {tile_size}, {min_tissue}")
     if (mpp is not None and mpp <= 0) or (slide_mpp is not None and slide_mpp <= 0):
         raise ValueError(f"mpp and slide_mpp must be positive, got {mpp}, {slide_mpp}")
-    slide_dir = out_dir / (name or path.stem)
-    coords_path, tiles_dir = slide_dir / "coords.csv", slide_dir / "tiles"
+    slide_dir = out_dir / safe_name(name or path.stem)
+    coords_path = slide_dir / "coords.csv"
     if coords_path.exists() and not overwrite:
         logger.info("%s: already tiled (%s exists), skipping", path.name, coords_path)
         return SlideTilingResult(slide=path, out_dir=slide_dir, skipped=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lock = out_dir / f".{slide_dir.name}.lock"
+    with claim(lock) as mine:
+        if not mine:
+            logger.warning("%s: being tiled by %s (lock %s), skipping", path.name, lock_owner(lock), lock)
+            return SlideTilingResult(slide=path, out_dir=slide_dir, skipped=True, busy=True)
+        if coords_path.exists() and not overwrite:  # finished by another process in the meantime
+            return SlideTilingResult(slide=path, out_dir=slide_dir, skipped=True)
+        return _tile_claimed(path, slide_dir, tile_size, mpp, min_tissue, slide_mpp, mask_size, progress)
+
+
+def _tile_claimed(path: Path, slide_dir: Path, tile_size: int, mpp: float | None, min_tissue: float,
+                  slide_mpp: float | None, mask_size: int, progress: bool) -> SlideTilingResult:
+    coords_path, tiles_dir = slide_dir / "coords.csv", slide_dir / "tiles"
     with open_slide(path) as reader:
         grid = plan_grid(reader, tile_size, mpp, slide_mpp)
         tissue = slide_tissue_mask(reader, max_size=mask_size)
@@ -197,17 +222,27 @@ def tile_slide(path: str | Path, out_dir: str | Path, tile_size: int = 224, mpp:
         for stale in [*tiles_dir.glob("x*_y*.png"), *tiles_dir.glob(".*.tmp")]:
             stale.unlink()  # leftovers of an interrupted run
         size = (grid.read_size, grid.read_size)
-        for t in tqdm(tiles, desc=path.name, unit="tile", leave=False, disable=not progress):
-            tile = reader.read_region((t.x, t.y), grid.level, size)
-            if grid.read_size != tile_size:
-                tile = tile.resize((tile_size, tile_size), Image.Resampling.LANCZOS)
-            _save_png(tile, tiles_dir / f"x{t.x}_y{t.y}.png")
+        try:
+            for t in tqdm(tiles, desc=path.name, unit="tile", leave=False, disable=not progress):
+                tile = reader.read_region((t.x, t.y), grid.level, size)
+                if grid.read_size != tile_size:
+                    tile = tile.resize((tile_size, tile_size), Image.Resampling.LANCZOS)
+                _save_png(tile, tiles_dir / f"x{t.x}_y{t.y}.png")
+        except Exception:
+            shutil.rmtree(slide_dir, ignore_errors=True)  # never leave a partial slide behind
+            raise
+    warning = None
+    if not tiles:
+        warning = "no tissue detected: 0 tiles" if not tissue.mask.any() else \
+            f"no grid cell has >= {min_tissue:g} tissue: 0 tiles"
+        logger.warning("%s: %s", path.name, warning)
     _save_png(Image.fromarray(tissue.mask.astype(np.uint8) * 255), slide_dir / "tissue_mask.png")
     _save_png(_overlay(tissue, grid, tiles), slide_dir / "thumbnail.png")
     write_bytes_atomic(coords_path, _coords_csv(grid, tiles))  # last: marks done
     logger.info("%s: kept %d of %d tiles (level %d, %d px read -> %d px, level-0 step %d)", path.name,
                 len(tiles), grid.n_rows * grid.n_cols, grid.level, grid.read_size, tile_size, grid.step)
-    return SlideTilingResult(slide=path, out_dir=slide_dir, skipped=False, tiles=tiles, grid=grid, tissue=tissue)
+    return SlideTilingResult(slide=path, out_dir=slide_dir, skipped=False, tiles=tiles, grid=grid, tissue=tissue,
+                             warning=warning)
 
 
 def find_slides(folder: str | Path) -> list[Path]:
@@ -215,12 +250,6 @@ def find_slides(folder: str | Path) -> list[Path]:
     hidden files are ignored."""
     return sorted(p for p in Path(folder).iterdir()
                   if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in SLIDE_EXTENSIONS)
-
-
-def _output_names(slides: list[Path]) -> dict[Path, str]:
-    """Output folder name per slide: its stem, or its full file name when stems collide."""
-    stems = [p.stem for p in slides]
-    return {p: p.stem if stems.count(p.stem) == 1 else p.name for p in slides}
 
 
 def tile_slides(inputs: str | Path, out_dir: str | Path, tile_size: int = 224, mpp: float | None = None,
@@ -243,9 +272,9 @@ def tile_slides(inputs: str | Path, out_dir: str | Path, tile_size: int = 224, m
         slides = [inputs]
     else:
         raise FileNotFoundError(f"no such slide file or folder: {inputs}")
-    names = _output_names(slides)
+    names = unique_names(slides)  # safe folder name per slide; two slides never share one
     out_dir.mkdir(parents=True, exist_ok=True)
-    summary = TilingSummary()
+    summary, settled = TilingSummary(), []
     bar = tqdm(slides, desc="slides", unit="slide", disable=not progress or len(slides) < 2)
     for slide in bar:
         try:
@@ -258,20 +287,33 @@ def tile_slides(inputs: str | Path, out_dir: str | Path, tile_size: int = 224, m
             logger.warning("skipping %s: %s", slide, exc)
             summary.failures.append((slide, str(exc)))
             continue
+        if result.busy:
+            summary.slides_busy += 1
+            continue
+        settled.append(slide)
         if result.skipped:
             summary.slides_skipped += 1
         else:
             summary.slides_done += 1
             summary.tiles_written += result.n_tiles
+            if result.warning:
+                summary.warnings.append((slide, result.warning))
     if folder_mode:
-        write_bytes_atomic(out_dir / "failures.csv", _failures_csv(summary.failures))
+        _update_failures(out_dir / "failures.csv", settled, summary.failures)
     logger.info("tiling %s -> %s: %s", inputs, out_dir, summary)
     return summary
 
 
-def _failures_csv(failures: list[tuple[Path, str]]) -> bytes:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(("path", "reason"))
-    writer.writerows((str(p), reason) for p, reason in failures)
-    return buf.getvalue().encode()
+def _update_failures(path: Path, settled: list[Path], failures: list[tuple[Path, str]]) -> None:
+    """Rewrite failures.csv under a lock (other processes may share it): this run's failures plus
+    earlier rows, except those of slides this run settled (finished or found done) or that are gone."""
+    done = {p.resolve() for p in settled}
+    with claim(path.with_name(f".{path.name}.lock"), wait_s=30.0):  # then proceeds even if still held
+        with open(path if path.exists() else os.devnull, newline="") as fh:
+            rows = {Path(r.get("path") or "").resolve(): (r.get("path") or "", r.get("reason") or "")
+                    for r in csv.DictReader(fh)}
+        rows = {p: row for p, row in rows.items() if p not in done and p.is_file()}
+        rows.update({p.resolve(): (str(p), reason) for p, reason in failures})
+        buf = io.StringIO()
+        csv.writer(buf, lineterminator="\n").writerows([("path", "reason"), *sorted(rows.values())])
+        write_bytes_atomic(path, buf.getvalue().encode())

@@ -138,6 +138,7 @@ def run_pretrain(cfg: PretrainConfig, resume: bool = True, extra_callbacks: Sequ
     if dataset.rejected:
         write_text_atomic(out_dir / "rejected_images.txt",
                           "".join(f"{path}\t{reason}\n" for path, reason in dataset.rejected))
+    dataset.write_report(out_dir / "data_report.json")  # {"images", "rejected", "warnings"} counts
     log.info("training on %d images from %s (%d rejected)", len(dataset), d.train_dir, len(dataset.rejected))
 
     module = PretrainModule(to_dict(cfg), num_data=len(dataset))
