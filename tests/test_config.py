@@ -49,3 +49,10 @@ def test_inconsistent_values_are_rejected(tmp_path):
         load_pretrain_config(None, ["model.img_size=100"])
     with pytest.raises(ConfigError, match="config file not found"):
         load_pretrain_config(tmp_path / "nope.yaml")
+
+
+def test_python_tag_in_an_override_is_a_config_error(tmp_path):
+    marker = tmp_path / "pwned"
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_pretrain_config(None, [f"data.train_dir=!!python/object/apply:os.system ['touch {marker}']"])
+    assert not marker.exists()

@@ -15,6 +15,7 @@ from gcmae.io.atomic import write_text_atomic
 from gcmae.slide.tiling import tile_slides
 from gcmae.train.module import build_model
 from gcmae.train.pretrain import run_pretrain
+from gcmae.viz.curves import read_metrics
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +64,37 @@ def run_demo(config: str | Path, out_dir: str | Path, data_root: str | Path = "d
         "tiles_written": tiling.tiles_written, "failures": [[str(p), r] for p, r in tiling.failures]},
         "train_images": run.num_images, "rejected_images": len(run.rejected),
         "epochs": cfg.optim.epochs}
+    metrics["losses"] = _epoch_losses(out_dir / "pretrain" / "logs")
     write_text_atomic(out_dir / "metrics.json", json.dumps(metrics, indent=2))
     write_text_atomic(out_dir / "summary.md", _summary(cfg, metrics, out_dir))
     return metrics
+
+
+def _epoch_losses(log_dir: Path) -> dict[str, list[float]]:
+    series = read_metrics(log_dir)
+    return {key.split("/")[1].removeprefix("loss_").removesuffix("_epoch"): [round(v, 4) for _, v in series[key]]
+            for key in ("train/loss_rec_epoch", "train/loss_nce_epoch") if key in series}
+
+
+def _reading(metrics: dict) -> str:
+    """Plain-language reading of the numbers: trained vs random init, and where the losses went."""
+    acc = {(r["model"], r["task"].split()[0], r["pool"]): r["accuracy"] for r in metrics["knn"]}
+    gains = {pool: acc[("gcmae", "PCam", pool)] - acc[("random init", "PCam", pool)] for pool in ("cls", "mean")}
+    lines = [f"- PCam weighted kNN, trained minus random init: {gains['cls']:+.3f} (cls), {gains['mean']:+.3f} (mean)."]
+    losses = metrics.get("losses", {})
+    if "rec" in losses:
+        lines.append(f"- Reconstruction loss (per-patch normalised, 1.0 = predicting the patch mean) by epoch: "
+                     f"{losses['rec'][0]} -> {losses['rec'][-1]}.")
+    if "nce" in losses:
+        lines.append(f"- NCE loss by epoch: {losses['nce'][0]} -> {losses['nce'][-1]}. Z is fixed from the first "
+                     "batch, when the bank is still random; the loss grows while the bank fills with real, still "
+                     "similar embeddings.")
+    if max(gains.values()) < 0.02:
+        lines.append("- In this few-minute CPU budget the encoder does not clearly beat its random initialisation: "
+                     "PCam tumour-vs-normal is already ~0.77 with random ViT features (colour and texture), and the "
+                     "contrastive term dominates the early updates. Treat this demo as a check that the pipeline "
+                     "runs end to end; the paper's recipe trains ViT-B for 80 epochs on a GPU.")
+    return "\n".join(lines)
 
 
 def _summary(cfg, metrics: dict, out_dir: Path) -> str:
@@ -93,6 +122,9 @@ Total: {t['total_s']:.0f} s.
 | model | task | features | k | weighted kNN acc | 1-NN acc |
 |---|---|---|---|---|---|
 {rows}
+
+How to read this:
+{_reading(metrics)}
 
 PCam: reference = the shipped `pcam/train` subset, query = `pcam/valid` (different slides). CRC: 32 tiles, so
 leave-one-out over 8 classes (chance 0.125); a small sample, read it as a sanity check.

@@ -98,6 +98,7 @@ def test_kill_while_writing_last_ckpt_then_resume(train_dir: Path, tmp_path: Pat
     config = tmp_path / "killed.yaml"
     config.write_text(dump_yaml(tiny_config(train_dir, out, *EPOCHS)))
     assert main(["pretrain", "--config", str(config)]) == 0  # resumes from last.ckpt
+    assert not list(ckpt_dir.glob(".*.tmp"))  # the resumed run removed the half-written file
 
     final = torch.load(last, map_location="cpu", weights_only=True)
     assert final["epoch"] == 1

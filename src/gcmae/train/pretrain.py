@@ -127,6 +127,8 @@ def run_pretrain(cfg: PretrainConfig, resume: bool = True, extra_callbacks: Sequ
     d = cfg.data
     dataset = ImageFolderDataset(d.train_dir, pretrain_transform(cfg.model.img_size, d.crop_scale, d.hflip, d.mean,
                                                                  d.std), d.validate)
+    for stale in (out_dir / "checkpoints").glob(".*.tmp"):  # half-written by a run that was killed
+        stale.unlink()
     last = out_dir / "checkpoints" / "last.ckpt"
     ckpt_path = last if resume and last.exists() else None
     config_file = out_dir / "config.yaml"
