@@ -3,7 +3,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["create_model", "load_checkpoint", "from_pretrained", "__version__"]
+__all__ = ["create_model", "load_checkpoint", "load_weights", "from_pretrained", "__version__"]
 
 
 def create_model(num_data: int, **kwargs):
@@ -25,3 +25,11 @@ def from_pretrained(path):
     from gcmae.io.export import from_pretrained as _from_pretrained
 
     return _from_pretrained(path)
+
+
+def load_weights(path):
+    """Weights of an official GCMAE/MAE checkpoint, a timm state dict or a gcmae checkpoint, in our naming
+    (see `gcmae.io.convert.build_gcmae_from_weights` to rebuild a model from them)."""
+    from gcmae.io.convert import load_weights as _load_weights
+
+    return _load_weights(path)
