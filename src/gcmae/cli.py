@@ -117,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="dotted overrides of the pretraining config")
     p.set_defaults(func=_demo)
 
+    from gcmae.evaluate.commands import add_evaluation_parsers  # knn, linprobe, visualize
+
+    add_evaluation_parsers(sub)
     return parser
 
 

@@ -1,0 +1,66 @@
+"""What the evaluation commands share: device choice, the encoder of the options, labelled train/val features."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gcmae.data.datasets import ImageFolderDataset
+from gcmae.evaluate.features import Encoder, FeatureSet, folder_features, load_encoder, open_folder
+from gcmae.evaluate.options import BaseOptions, EvalOptions
+
+
+def resolve_device(name: str) -> torch.device:
+    """The torch device for `name`: 'auto' is cuda when available, else cpu."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise ValueError(f"unknown device {name!r} ({err})") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} asked for, but CUDA is not available")
+    return device
+
+
+def encoder_from_options(opts: BaseOptions) -> Encoder:
+    return load_encoder(opts.checkpoint, opts.encoder, opts.img_size, opts.patch_size, opts.seed)
+
+
+def check_same_classes(train_classes: list[str], train_root: Path, val_classes: list[str], val_root: Path) -> None:
+    """ValueError when the two folders do not have the same class sub-folders."""
+    if train_classes == val_classes:
+        return
+    only_train = sorted(set(train_classes) - set(val_classes))
+    only_val = sorted(set(val_classes) - set(train_classes))
+    raise ValueError(
+        f"class sets differ: {train_root} has {len(train_classes)} classes {train_classes}, {val_root} has "
+        f"{len(val_classes)} classes {val_classes} (only in train: {only_train or 'none'}; only in val: "
+        f"{only_val or 'none'})")
+
+
+def open_labelled_pair(train: str | Path, val: str | Path) -> tuple[ImageFolderDataset, ImageFolderDataset]:
+    """Both folders opened and validated (no transform yet), labelled, with the same classes: checked before
+    any model is loaded, so bad folders fail fast."""
+    train_ds, val_ds = open_folder(train), open_folder(val)
+    check_same_classes(train_ds.classes, train_ds.root, val_ds.classes, val_ds.root)
+    return train_ds, val_ds
+
+
+def train_val_features(opts: EvalOptions) -> tuple[Encoder, FeatureSet, FeatureSet]:
+    """The encoder of the options and the (cached) features of the labelled train and val folders."""
+    train_ds, val_ds = open_labelled_pair(opts.train, opts.val)
+    encoder = encoder_from_options(opts)
+    kwargs: dict[str, Any] = dict(pool=opts.pool, cache_dir=opts.cache_dir or None, batch_size=opts.batch_size,
+                                  num_workers=opts.num_workers, device=resolve_device(opts.device))
+    return encoder, folder_features(encoder, train_ds, **kwargs), folder_features(encoder, val_ds, **kwargs)
+
+
+def weights_summary(encoder: Encoder, train: FeatureSet, val: FeatureSet) -> dict[str, Any]:
+    """What was embedded, for metrics.json."""
+    return {"weights": encoder.description, "mean": list(encoder.mean), "std": list(encoder.std),
+            "feature_dim": int(train.features.shape[1]), "num_train": len(train.files), "num_val": len(val.files),
+            "classes": train.classes,
+            "feature_cache": {"train": str(train.cache_path) if train.cache_path else None,
+                              "val": str(val.cache_path) if val.cache_path else None}}

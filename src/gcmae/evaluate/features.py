@@ -1,0 +1,210 @@
+"""Frozen-encoder features of an image folder, cached on disk under a key of everything that determines them.
+
+``load_encoder`` builds the model to embed with: any file ``gcmae.io.convert.load_weights`` reads (our
+checkpoints, official GCMAE/MAE checkpoints, timm state dicts, `gcmae export` folders) or ``"random"`` (a
+seeded random initialisation of an encoder preset, the baseline). ``folder_features`` returns the features
+of every usable image of a folder, from ``<cache_dir>/<key>.npz`` when present. The key hashes the checkpoint's
+content (SHA-256), the folder's file list with sizes and modification times, the transform parameters, the
+pooling and the image size, so a changed checkpoint or folder never reuses stale features.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from gcmae.config import PATHOLOGY_MEAN, PATHOLOGY_STD
+from gcmae.data.datasets import ImageFolderDataset
+from gcmae.data.transforms import eval_transform
+from gcmae.evaluate.embed import extract_features
+from gcmae.io.arrays import ArrayFileError, load_array_file
+from gcmae.io.atomic import atomic_path, write_text_atomic
+from gcmae.io.convert import build_gcmae_from_weights, load_weights
+from gcmae.models.gcmae import GCMAE
+from gcmae.models.vit import ENCODER_PRESETS
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = 1  # bump when the cached content or its meaning changes
+POOLS = ("cls", "mean")
+RANDOM = "random"
+_EVAL_BANK_SIZE = 2  # GCMAE needs a memory bank; evaluation never uses it
+_CACHE_ARRAYS = {"features": (2, "f"), "labels": (1, "iu"), "classes": (1, "U"), "files": (1, "U")}
+
+Stats = tuple[float, float, float]
+
+
+@dataclass
+class Encoder:
+    """A model to embed with, its input normalisation, and what identifies its weights (for cache keys)."""
+
+    model: GCMAE
+    mean: Stats
+    std: Stats
+    img_size: int
+    identity: dict[str, Any]
+    description: str
+    has_decoder: bool = True
+
+    @property
+    def transform_params(self) -> dict[str, Any]:
+        """Everything `eval_transform` depends on (part of the cache key)."""
+        return {"name": "resize_center_crop", "size": self.img_size, "interpolation": "bicubic",
+                "mean": list(self.mean), "std": list(self.std)}
+
+
+@dataclass
+class FeatureSet:
+    """Features (N, D) and labels (N,) of a folder, in the folder's sorted file order."""
+
+    features: torch.Tensor
+    labels: torch.Tensor
+    classes: list[str]
+    files: list[str]  # relative to the folder
+    root: Path
+    cache_path: Path | None = None
+    from_cache: bool = False
+
+
+def file_digest(path: str | Path) -> str:
+    """SHA-256 of a file's content; of every file (relative name + content) for a folder."""
+    path = Path(path)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    digest = hashlib.sha256()
+    for f in files:
+        if path.is_dir():
+            digest.update(str(f.relative_to(path)).encode() + b"\0")
+        with open(f, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _random_encoder(encoder: str | None, img_size: int | None, patch_size: int | None, seed: int) -> Encoder:
+    if encoder is None:
+        raise ValueError(f"--checkpoint {RANDOM} needs --encoder (one of {', '.join(ENCODER_PRESETS)})")
+    img_size, patch_size = img_size or 224, patch_size or 16
+    if img_size % patch_size:
+        raise ValueError(f"img_size {img_size} is not a multiple of the patch size {patch_size}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = GCMAE(num_data=_EVAL_BANK_SIZE, encoder=encoder, img_size=img_size, patch_size=patch_size)
+    # the init depends on the RNG stream, hence on torch's version
+    identity = {"random": True, "encoder": encoder, "patch_size": patch_size, "seed": seed, "torch": torch.__version__}
+    desc = f"random init {encoder}/{patch_size} at {img_size} px (seed {seed})"
+    return Encoder(model.eval(), PATHOLOGY_MEAN, PATHOLOGY_STD, img_size, identity, desc)
+
+
+def load_encoder(
+    checkpoint: str | Path, encoder: str | None = None, img_size: int | None = None, patch_size: int | None = None,
+    seed: int = 0,
+) -> Encoder:
+    """The model of `checkpoint` (or a random init for "random"), in eval mode on the CPU.
+
+    `encoder` / `patch_size`, when given, are expectations: a checkpoint with another architecture is an error.
+    `img_size` defaults to the checkpoint's (position embeddings are interpolated for another size).
+    """
+    if encoder is not None and encoder not in ENCODER_PRESETS:
+        raise ValueError(f"unknown encoder {encoder!r}; choose one of {', '.join(ENCODER_PRESETS)}")
+    if str(checkpoint) == RANDOM:
+        return _random_encoder(encoder, img_size, patch_size, seed)
+    path = Path(checkpoint)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    weights = load_weights(path)
+    found = f"{weights.encoder} ({weights.embed_dim} wide, {weights.depth} blocks, patch {weights.patch_size})"
+    if encoder is not None and encoder != weights.encoder:
+        want = ENCODER_PRESETS[encoder]
+        raise ValueError(f"{path} holds a {found} encoder, but --encoder {encoder} expects "
+                         f"{want['embed_dim']} wide with {want['depth']} blocks")
+    if patch_size is not None and patch_size != weights.patch_size:
+        raise ValueError(f"{path} holds a {found} encoder, but --patch-size {patch_size} was asked for")
+    model = build_gcmae_from_weights(weights, num_data=_EVAL_BANK_SIZE, img_size=img_size, load_bank=False)
+    data = weights.config.get("data", {})
+    mean = tuple(data.get("mean", PATHOLOGY_MEAN))
+    std = tuple(data.get("std", PATHOLOGY_STD))
+    size = img_size or weights.img_size
+    identity = {"sha256": file_digest(path), "patch_size": weights.patch_size}
+    desc = f"{weights.kind} checkpoint {path} ({found}) at {size} px"
+    return Encoder(model, mean, std, size, identity, desc, has_decoder=weights.decoder_state is not None)
+
+
+def open_folder(folder: str | Path, img_size: int | None = None, mean: Stats = PATHOLOGY_MEAN,
+                std: Stats = PATHOLOGY_STD, labelled: bool = True) -> ImageFolderDataset:
+    """The validated image folder, with the evaluation transform when `img_size` is given; with `labelled`,
+    class sub-folders are required."""
+    dataset = ImageFolderDataset(folder, eval_transform(img_size, mean, std) if img_size else None)
+    if labelled and not dataset.classes:
+        raise ValueError(f"{folder}: needs one sub-folder per class (images directly in the folder have no label)")
+    return dataset
+
+
+def feature_key(encoder: Encoder, dataset: ImageFolderDataset, pool: str) -> str:
+    """SHA-256 of (weights identity, file list with sizes and mtimes, transform, pool, image size)."""
+    listing = []
+    for f in dataset.files:
+        stat = f.stat()
+        listing.append([str(f.relative_to(dataset.root)), stat.st_size, stat.st_mtime_ns])
+    payload = {"version": CACHE_VERSION, "weights": encoder.identity, "files": listing,
+               "transform": encoder.transform_params, "pool": pool, "img_size": encoder.img_size}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def _read_cache(path: Path, files: list[str]) -> dict[str, np.ndarray] | None:
+    try:
+        arrays = load_array_file(path, _CACHE_ARRAYS)
+    except ArrayFileError as err:
+        log.warning("ignoring unreadable feature cache (will recompute): %s", err)
+        return None
+    if arrays["files"].tolist() != files or len(arrays["features"]) != len(files):
+        log.warning("feature cache %s does not match the folder's files; recomputing", path)
+        return None
+    return arrays
+
+
+def _write_cache(path: Path, fs: FeatureSet, manifest: dict[str, Any]) -> None:
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, features=fs.features.numpy(), labels=fs.labels.numpy(),
+                 classes=np.array(fs.classes, dtype=str), files=np.array(fs.files, dtype=str))
+    write_text_atomic(path.with_suffix(".json"), json.dumps(manifest, indent=2) + "\n")
+
+
+def folder_features(
+    encoder: Encoder, folder: str | Path | ImageFolderDataset, pool: str = "cls", cache_dir: str | Path | None = None,
+    batch_size: int = 128, num_workers: int = 0, device: str | torch.device = "cpu", labelled: bool = True,
+) -> FeatureSet:
+    """Features of every usable image under `folder` (cached in `cache_dir` when given).
+
+    `folder` may be an already opened dataset; its transform is then replaced by the encoder's eval transform.
+    """
+    if pool not in POOLS:
+        raise ValueError(f"pool must be one of {', '.join(POOLS)}, got {pool!r}")
+    if isinstance(folder, ImageFolderDataset):
+        dataset = folder
+        dataset.transform = eval_transform(encoder.img_size, encoder.mean, encoder.std)
+    else:
+        dataset = open_folder(folder, encoder.img_size, encoder.mean, encoder.std, labelled)
+    files = [str(f.relative_to(dataset.root)) for f in dataset.files]
+    cache_path = None
+    if cache_dir:
+        cache_path = Path(cache_dir) / f"{feature_key(encoder, dataset, pool)}.npz"
+        if cache_path.is_file() and (arrays := _read_cache(cache_path, files)) is not None:
+            log.info("features of %s from cache %s", dataset.root, cache_path)
+            return FeatureSet(torch.from_numpy(arrays["features"]), torch.from_numpy(arrays["labels"]).long(),
+                              arrays["classes"].tolist(), files, dataset.root, cache_path, True)
+    log.info("embedding %d images of %s (%s, pool %s)", len(dataset), dataset.root, encoder.description, pool)
+    model = encoder.model.to(device)
+    feats, labels = extract_features(model, dataset, pool, batch_size, num_workers, device)
+    fs = FeatureSet(feats.float().contiguous(), labels.long(), list(dataset.classes), files, dataset.root,
+                    cache_path, False)
+    if cache_path is not None:
+        manifest = {"folder": str(dataset.root), "weights": encoder.description, "pool": pool,
+                    "transform": encoder.transform_params, "num_images": len(files), "dim": feats.shape[1]}
+        _write_cache(cache_path, fs, manifest)
+    return fs

@@ -1,0 +1,72 @@
+"""`gcmae linprobe`: a linear classifier on frozen features.
+
+`fast` (default): L2-regularised multinomial logistic regression (scikit-learn, L-BFGS) on standardised cached
+features; standardising with the training set's statistics is what BatchNorm without affine does in MAE's probe.
+`paper`: MAE/GCMAE's protocol, see `linprobe_paper`.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from gcmae.evaluate.common import resolve_device, train_val_features, weights_summary
+from gcmae.evaluate.metrics import classification_metrics
+from gcmae.evaluate.options import LinprobeOptions, settings
+from gcmae.evaluate.report import console_table, save_evaluation
+
+
+def fit_logistic_probe(features: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor, c: float = 1.0,
+                       max_iter: int = 1000, seed: int = 0) -> tuple[Pipeline, bool]:
+    """(standardise + logistic regression fitted on (features, labels), whether L-BFGS converged)."""
+    x, y = np.asarray(features, dtype=np.float64), np.asarray(labels)
+    if len(np.unique(y)) < 2:
+        raise ValueError("the linear probe needs training images of at least two classes")
+    clf = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=max_iter, random_state=seed))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        clf.fit(x, y)
+    return clf, not any(issubclass(w.category, ConvergenceWarning) for w in caught)
+
+
+def probe_probabilities(clf: Pipeline, features: np.ndarray | torch.Tensor, num_classes: int) -> np.ndarray:
+    """(N, num_classes) probabilities; classes absent from the training labels get 0."""
+    probs = clf.predict_proba(np.asarray(features, dtype=np.float64))
+    out = np.zeros((probs.shape[0], num_classes))
+    out[:, clf.classes_.astype(int)] = probs
+    return out
+
+
+def run_fast(opts: LinprobeOptions) -> tuple[dict[str, dict[str, Any]], dict[str, Any], list[str]]:
+    encoder, train, val = train_val_features(opts)
+    clf, converged = fit_logistic_probe(train.features, train.labels, opts.logreg_c, opts.max_iter, opts.seed)
+    probs = probe_probabilities(clf, val.features, len(train.classes))
+    train_acc = float((clf.predict(np.asarray(train.features, dtype=np.float64)) == train.labels.numpy()).mean())
+    metrics = {**classification_metrics(val.labels, probs, train.classes), "train_accuracy": train_acc,
+               "converged": converged}
+    notes = [f"Fast protocol: standardised {opts.pool} features of the frozen encoder ({encoder.description}), "
+             f"multinomial logistic regression (C = {opts.logreg_c}, L-BFGS, {opts.max_iter} iterations max"
+             f"{'' if converged else ', did NOT converge'}); train accuracy {train_acc:.4f}."]
+    return {"logreg": metrics}, weights_summary(encoder, train, val), notes
+
+
+def run_linprobe(opts: LinprobeOptions) -> dict[str, Any]:
+    """Train the probe on opts.train, evaluate on opts.val, write outputs to opts.out."""
+    if opts.protocol == "paper":
+        from gcmae.evaluate.linprobe_paper import run_paper
+
+        results, extra, notes = run_paper(opts, resolve_device(opts.device))
+        title = "Linear probe (paper protocol)"
+    else:
+        results, extra, notes = run_fast(opts)
+        title = "Linear probe (fast protocol)"
+    save_evaluation(opts.out, "linprobe", title, settings(opts), results, extra, notes=notes)
+    print(console_table(results))
+    print(f"outputs in {opts.out} (metrics.json, report.md, confusion_*.csv/png)")
+    return {"results": results, **extra}

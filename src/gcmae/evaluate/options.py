@@ -1,0 +1,163 @@
+"""Options of `gcmae knn`, `gcmae linprobe` and `gcmae visualize`: dataclass defaults <- YAML <- command line.
+
+Every field is a command-line flag (`img_size` -> `--img-size`); a `--config` YAML file may set any of them
+(unknown keys and wrong types are errors naming the key, as for pretraining configs), and flags given on the
+command line win over the file.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+from dataclasses import dataclass
+from typing import Any
+
+from gcmae.config import ConfigError, from_dict, load_yaml
+
+
+@dataclass
+class BaseOptions:
+    checkpoint: str = ""  # a checkpoint file / export folder, or "random"
+    out: str = ""
+    encoder: str | None = None  # expected (checkpoint) or built (random) encoder preset
+    img_size: int | None = None  # default: the checkpoint's, 224 for random
+    patch_size: int | None = None  # default: the checkpoint's, 16 for random
+    pool: str = "cls"
+    batch_size: int = 128  # images per forward pass when embedding
+    num_workers: int = 0
+    cache_dir: str = "runs/feature-cache"  # "" disables the feature cache
+    device: str = "auto"
+    seed: int = 0
+
+
+@dataclass
+class EvalOptions(BaseOptions):
+    train: str = ""  # labelled folder: kNN reference set / probe training set
+    val: str = ""  # labelled folder with the same classes: the query / test set
+
+
+@dataclass
+class KNNOptions(EvalOptions):
+    k: tuple[int, int] = (20, 200)
+    temperature: float = 0.07
+
+
+@dataclass
+class LinprobeOptions(EvalOptions):
+    protocol: str = "fast"  # "fast": logistic regression on cached features; "paper": LARS + BN + linear head
+    logreg_c: float = 1.0  # fast: inverse L2 strength of the logistic regression (on standardised features)
+    max_iter: int = 1000  # fast: L-BFGS iterations
+    epochs: int = 90  # paper
+    warmup_epochs: float = 10.0  # paper
+    base_lr: float = 0.1  # paper: lr = base_lr * probe_batch_size / 256
+    weight_decay: float = 0.0  # paper
+    probe_batch_size: int = 256  # paper: training batch
+
+
+@dataclass
+class VisualizeOptions(BaseOptions):
+    data: str = ""  # image folder (class sub-folders colour the t-SNE)
+    what: str = "tsne,attention"  # comma-separated: tsne, attention, reconstruction
+    num_images: int = 6  # attention / reconstruction rows
+    max_points: int = 2000  # t-SNE subsample
+
+
+REQUIRED = {BaseOptions: ("checkpoint", "out"), EvalOptions: ("train", "val"), VisualizeOptions: ("data",)}
+CHOICES: dict[str, tuple[str, ...]] = {"pool": ("cls", "mean"), "protocol": ("fast", "paper")}
+VISUALS = ("tsne", "attention", "reconstruction")
+HELP = {
+    "checkpoint": "checkpoint file (ours, official GCMAE/MAE, timm state dict), `gcmae export` folder, or 'random'",
+    "out": "output folder (metrics.json, report.md, PNGs)",
+    "encoder": "encoder preset (vit_tiny, vit_small, vit_base, ...): built for 'random', checked against the "
+               "checkpoint otherwise",
+    "img_size": "input size (default: the checkpoint's; 224 for random)",
+    "patch_size": "patch size (default: the checkpoint's; 16 for random)",
+    "pool": "feature: cls token or mean of the patch tokens",
+    "cache_dir": "feature cache folder ('' to disable)",
+    "device": "auto, cpu, cuda, cuda:1, ...",
+    "train": "labelled folder (one sub-folder per class): kNN reference / probe training set",
+    "val": "labelled folder with the same classes: query / test set",
+    "k": "the two k of weighted kNN (1-NN is always added)",
+    "logreg_c": "fast protocol: inverse regularisation strength of the logistic regression",
+    "what": "comma-separated: tsne, attention, reconstruction",
+    "data": "image folder to visualise",
+    "batch_size": "images per forward pass when embedding / evaluating",
+    "protocol": "fast: logistic regression on cached features; paper: LARS + BatchNorm + linear head, augmented",
+    "max_iter": "fast protocol: L-BFGS iterations",
+    "epochs": "paper protocol: training epochs",
+    "warmup_epochs": "paper protocol: linear warm-up epochs, then cosine",
+    "base_lr": "paper protocol: lr = base_lr x probe batch / 256",
+    "weight_decay": "paper protocol: LARS weight decay",
+    "probe_batch_size": "paper protocol: training batch size",
+    "temperature": "kNN vote temperature",
+    "seed": "random init / probe / t-SNE seed",
+    "num_images": "attention / reconstruction: number of images",
+    "max_points": "t-SNE: at most this many images (seeded subsample)",
+}
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def add_option_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
+    """One flag per field of `cls` (default None: 'not given'), plus --config."""
+    parser.add_argument("--config", default=None, help="YAML file with any of these options (flags win)")
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        args = [tp_ for tp_ in typing.get_args(tp) if tp_ is not type(None)]
+        base = args[0] if args and typing.get_origin(tp) is not tuple else tp
+        required = any(f.name in names and issubclass(cls, owner) for owner, names in REQUIRED.items())
+        suffix = "(required)" if required else "" if f.default is None else f"(default: {f.default})"
+        kwargs: dict[str, Any] = {"default": None, "help": f"{HELP.get(f.name, '')} {suffix}".strip()}
+        if typing.get_origin(tp) is tuple:
+            kwargs.update(nargs=len(typing.get_args(tp)), type=typing.get_args(tp)[0], metavar="N")
+        else:
+            kwargs["type"] = base
+        if f.name in CHOICES:
+            kwargs["choices"] = CHOICES[f.name]
+        parser.add_argument(_flag(f.name), **kwargs)
+
+
+def resolve_options(cls: type, args: argparse.Namespace) -> Any:
+    """`cls` from its defaults, then the --config YAML, then the flags given; validated."""
+    data: dict[str, Any] = load_yaml(args.config) if getattr(args, "config", None) else {}
+    names = {f.name for f in dataclasses.fields(cls)}
+    for name in names:
+        value = getattr(args, name, None)
+        if value is not None:
+            data[name] = list(value) if isinstance(value, (list, tuple)) else value
+    try:
+        opts = from_dict(cls, data)
+    except ConfigError as err:
+        raise ConfigError(f"{args.config or 'options'}: {err}") from None
+    for base, required in REQUIRED.items():
+        if isinstance(opts, base):
+            for name in required:
+                if not getattr(opts, name):
+                    raise ConfigError(f"missing {_flag(name)} (or `{name}:` in the --config file)")
+    for name, choices in CHOICES.items():
+        value = getattr(opts, name, None)
+        if value is not None and value not in choices:
+            raise ConfigError(f"{name}: {value!r} is not one of {', '.join(choices)}")
+    if isinstance(opts, VisualizeOptions):
+        unknown = [w for w in opts.what.split(",") if w.strip() not in VISUALS]
+        if unknown:
+            raise ConfigError(f"what: unknown {', '.join(unknown)}; choose from {', '.join(VISUALS)}")
+    return opts
+
+
+PROTOCOL_ONLY = {"fast": ("logreg_c", "max_iter"),
+                 "paper": ("epochs", "warmup_epochs", "base_lr", "weight_decay", "probe_batch_size")}
+
+
+def settings(opts: Any) -> dict[str, Any]:
+    """The options that apply, as a plain dict (for metrics.json and the report)."""
+    values = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(opts).items()}
+    if isinstance(opts, LinprobeOptions):
+        for protocol, names in PROTOCOL_ONLY.items():
+            if protocol != opts.protocol:
+                for name in names:
+                    values.pop(name)
+    return values

@@ -1,0 +1,81 @@
+"""`gcmae visualize`: t-SNE of features, cls-token attention maps and MAE reconstructions for an image folder."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from gcmae.data.datasets import ImageFolderDataset
+from gcmae.data.transforms import eval_transform
+from gcmae.evaluate.common import encoder_from_options, resolve_device
+from gcmae.evaluate.features import Encoder, folder_features, open_folder
+from gcmae.evaluate.options import VisualizeOptions, settings
+from gcmae.evaluate.report import write_report
+from gcmae.io.atomic import write_text_atomic
+from gcmae.viz.attention import plot_attention
+from gcmae.viz.reconstruction import plot_reconstructions
+from gcmae.viz.tsne import plot_tsne, subsample
+
+
+def sample_images(encoder: Encoder, dataset: ImageFolderDataset, num: int) -> tuple[torch.Tensor, list[str]]:
+    """`num` images spread evenly over the sorted folder (so every class shows up), and their titles."""
+    dataset.transform = eval_transform(encoder.img_size, encoder.mean, encoder.std)
+    picks = sorted(set(np.linspace(0, len(dataset) - 1, max(1, min(num, len(dataset)))).round().astype(int)))
+    imgs, titles = [], []
+    for i in picks:
+        img, _, index = dataset[int(i)]
+        imgs.append(img)
+        titles.append(str(dataset.files[index].relative_to(dataset.root).parent / dataset.files[index].stem))
+    return torch.stack(imgs), titles
+
+
+def _tsne(opts: VisualizeOptions, encoder: Encoder, dataset: ImageFolderDataset, out: Path) -> tuple[str, str]:
+    fs = folder_features(encoder, dataset, opts.pool, opts.cache_dir or None, opts.batch_size, opts.num_workers,
+                         resolve_device(opts.device), labelled=False)
+    keep = subsample(len(fs.files), opts.max_points, opts.seed)
+    title = f"t-SNE of {opts.pool} features, {len(keep)} of {len(fs.files)} images\n{encoder.description}"
+    plot_tsne(fs.features[keep].numpy(), fs.labels[keep].numpy(), fs.classes, out / "tsne.png", title, opts.seed)
+    return "t-SNE of encoder features", "tsne.png"
+
+
+def _attention(opts: VisualizeOptions, encoder: Encoder, dataset: ImageFolderDataset, out: Path) -> tuple[str, str]:
+    imgs, titles = sample_images(encoder, dataset, opts.num_images)
+    model = encoder.model.cpu().eval()
+    plot_attention(model.encoder, imgs, out / "attention.png", encoder.mean, encoder.std, titles)
+    return "cls-token attention of the last encoder block", "attention.png"
+
+
+def _reconstruction(opts: VisualizeOptions, encoder: Encoder, dataset: ImageFolderDataset,
+                    out: Path) -> tuple[str, str]:
+    imgs, _ = sample_images(encoder, dataset, opts.num_images)
+    model = encoder.model.cpu().eval()
+    plot_reconstructions(model, imgs, out / "reconstructions.png", encoder.mean, encoder.std, opts.seed)
+    return "reconstructions (original / masked / reconstruction / with visible patches)", "reconstructions.png"
+
+
+VISUALS = {"tsne": _tsne, "attention": _attention, "reconstruction": _reconstruction}
+
+
+def run_visualize(opts: VisualizeOptions) -> dict[str, Any]:
+    """Write the requested PNGs and a report.md to opts.out; returns {what: png path}."""
+    wanted = [w.strip() for w in opts.what.split(",") if w.strip()]
+    dataset = open_folder(opts.data, labelled=False)
+    encoder = encoder_from_options(opts)
+    if "reconstruction" in wanted and not encoder.has_decoder:
+        raise ValueError(f"{opts.checkpoint} has no decoder weights (encoder only): reconstructions need a "
+                         "GCMAE/MAE checkpoint with its decoder")
+    out = Path(opts.out)
+    out.mkdir(parents=True, exist_ok=True)
+    figures = [VISUALS[w](opts, encoder, dataset, out) for w in wanted]
+    notes = [f"Weights: {encoder.description}; images from `{opts.data}`."]
+    write_report(out, "Visualisations", settings(opts), {}, figures, notes)
+    written = {w: str(out / rel) for w, (_, rel) in zip(wanted, figures)}
+    write_text_atomic(out / "visualize.json", json.dumps({"settings": settings(opts), "figures": written,
+                                                          "weights": encoder.description}, indent=2) + "\n")
+    for w, path in written.items():
+        print(f"{w}: {path}")
+    print(f"report: {out / 'report.md'}")
+    return written

@@ -1,0 +1,162 @@
+"""`gcmae knn / linprobe / visualize` end to end on real PCam patches, and their errors (exit code 2)."""
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from gcmae.cli import build_parser, main
+from gcmae.evaluate.options import KNNOptions, LinprobeOptions, resolve_options
+
+RANDOM = ["--checkpoint", "random", "--encoder", "vit_tiny", "--img-size", "32", "--patch-size", "8"]
+
+
+def folders(pcam_pair, tmp_path):
+    train, val = pcam_pair
+    return ["--train", str(train), "--val", str(val), "--cache-dir", str(tmp_path / "cache")]
+
+
+def test_knn_with_a_trained_checkpoint(pcam_pair, trained_checkpoint, tmp_path, capsys):
+    out = tmp_path / "knn"
+    assert main(["knn", "--checkpoint", str(trained_checkpoint), *folders(pcam_pair, tmp_path), "--out", str(out),
+                 "--k", "5", "200"]) == 0
+    printed = capsys.readouterr().out
+    assert "knn_k5" in printed and "nn1" in printed
+    metrics = json.loads((out / "metrics.json").read_text())
+    results = metrics["results"]
+    assert list(results) == ["knn_k5", "knn_k200", "nn1"]
+    assert [results[m]["k"] for m in results] == [5, 24, 1]  # k capped at the 24 reference images
+    assert metrics["num_train"] == 24 and metrics["num_val"] == 16 and "gcmae checkpoint" in metrics["weights"]
+
+    # independent check from the cached features: plain numpy weighted 5-NN of val against train
+    caches = metrics["feature_cache"]
+    ref, query = np.load(caches["train"]), np.load(caches["val"])
+    norm = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
+    sim = norm(query["features"]) @ norm(ref["features"]).T
+    top = np.argsort(-sim, axis=1)[:, :5]
+    votes = np.zeros((len(sim), 2))
+    for i, row in enumerate(top):
+        for j in row:
+            votes[i, ref["labels"][j]] += np.exp(sim[i, j] / 0.07)
+    assert results["knn_k5"]["accuracy"] == pytest.approx((votes.argmax(1) == query["labels"]).mean())
+
+    rows = list(csv.reader((out / "confusion_knn_k5.csv").read_text().splitlines()))
+    assert [[int(v) for v in r[1:]] for r in rows[1:]] == results["knn_k5"]["confusion_matrix"]
+    report = (out / "report.md").read_text()
+    assert "| knn_k5 |" in report and "| nn1 |" in report
+    for name in ("knn_k5", "knn_k200", "nn1"):
+        assert f"(confusion_{name}.png)" in report and (out / f"confusion_{name}.png").stat().st_size > 0
+
+
+def test_linprobe_fast_protocol(pcam_pair, tmp_path, capsys):
+    out = tmp_path / "lin"
+    assert main(["linprobe", *RANDOM, *folders(pcam_pair, tmp_path), "--out", str(out)]) == 0
+    assert "logreg" in capsys.readouterr().out
+    metrics = json.loads((out / "metrics.json").read_text())
+    m = metrics["results"]["logreg"]
+    assert m["num_samples"] == 16 and sum(map(sum, m["confusion_matrix"])) == 16
+    assert 0.0 <= m["accuracy"] <= 1.0 and m["train_accuracy"] >= m["accuracy"] - 0.5
+    assert "epochs" not in metrics["settings"] and metrics["settings"]["logreg_c"] == 1.0
+    assert "| logreg |" in (out / "report.md").read_text() and (out / "confusion_logreg.png").is_file()
+
+
+def test_linprobe_paper_protocol_two_epochs(pcam_pair, tmp_path):
+    out = tmp_path / "paper"
+    assert main(["linprobe", *RANDOM, *folders(pcam_pair, tmp_path), "--out", str(out), "--protocol", "paper",
+                 "--epochs", "2", "--warmup-epochs", "1", "--probe-batch-size", "8"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["peak_lr"] == pytest.approx(0.1 * 8 / 256) and metrics["batch_size"] == 8
+    history = metrics["history"]
+    assert [h["epoch"] for h in history] == [1, 2] and all(np.isfinite(h["loss"]) for h in history)
+    assert metrics["history"][0]["lr"] == pytest.approx(0.1 * 8 / 256 * 2 / 3)  # last step of warm-up epoch 1
+    m = metrics["results"]["linear_probe_paper"]
+    assert m["num_samples"] == 16 and (out / "confusion_linear_probe_paper.png").is_file()
+
+
+def test_visualize_everything(pcam_pair, trained_checkpoint, tmp_path, capsys):
+    out = tmp_path / "viz"
+    assert main(["visualize", "--checkpoint", str(trained_checkpoint), "--data", str(pcam_pair[1]), "--out",
+                 str(out), "--what", "tsne,attention,reconstruction", "--num-images", "3",
+                 "--cache-dir", ""]) == 0
+    report = (out / "report.md").read_text()
+    for png in ("tsne.png", "attention.png", "reconstructions.png"):
+        assert (out / png).stat().st_size > 1000 and f"({png})" in report
+
+
+def test_reconstruction_needs_a_decoder(pcam_pair, timm_checkpoint, tmp_path, capsys):
+    assert main(["visualize", "--checkpoint", str(timm_checkpoint), "--data", str(pcam_pair[1]), "--out",
+                 str(tmp_path / "v"), "--what", "reconstruction"]) == 2
+    assert "no decoder weights" in capsys.readouterr().err
+
+
+def make_bad_folders(tmp_path, pcam_pair):
+    train, _ = pcam_pair
+    empty = tmp_path / "empty"
+    (empty / "a").mkdir(parents=True)
+    (empty / "a" / "notes.txt").write_text("no images here")
+    one_class = tmp_path / "one_class"
+    shutil.copytree(train / "0_negative", one_class / "0_negative")
+    three = shutil.copytree(train, tmp_path / "three_classes")
+    shutil.copytree(train / "0_negative", three / "2_other")
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for f in sorted((train / "0_negative").glob("*.jpg"))[:2]:
+        shutil.copy(f, flat / f.name)
+    return {"missing": tmp_path / "nope", "empty": empty, "one_class": one_class, "three": three, "flat": flat}
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing", "image folder not found"),
+    ("empty", "no usable images"),
+    ("one_class", "class sets differ"),
+    ("three", "has 2 classes"),
+    ("flat", "needs one sub-folder per class"),
+])
+@pytest.mark.parametrize("command", ["knn", "linprobe"])
+def test_bad_val_folders(command, case, message, pcam_pair, tmp_path, capsys):
+    bad = make_bad_folders(tmp_path, pcam_pair)[case]
+    args = [command, *RANDOM, "--train", str(pcam_pair[0]), "--val", str(bad), "--out", str(tmp_path / "o")]
+    if command == "linprobe":
+        args += ["--protocol", "paper"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and str(bad) in err
+
+
+def test_checkpoint_errors(pcam_pair, trained_checkpoint, tmp_path, capsys):
+    base = ["knn", "--train", str(pcam_pair[0]), "--val", str(pcam_pair[1]), "--out", str(tmp_path / "o")]
+    assert main([*base, "--checkpoint", str(trained_checkpoint), "--encoder", "vit_small"]) == 2
+    assert "vit_tiny" in (err := capsys.readouterr().err) and "--encoder vit_small expects 384 wide" in err
+    assert main([*base, "--checkpoint", str(trained_checkpoint), "--patch-size", "16"]) == 2
+    assert "--patch-size 16" in capsys.readouterr().err
+    assert main([*base, "--checkpoint", str(tmp_path / "missing.ckpt")]) == 2
+    assert "checkpoint not found" in capsys.readouterr().err
+    assert main([*base, "--checkpoint", "random"]) == 2
+    assert "needs --encoder" in capsys.readouterr().err
+    garbage = tmp_path / "garbage.ckpt"
+    garbage.write_bytes(b"not a checkpoint")
+    assert main([*base, "--checkpoint", str(garbage)]) == 2
+    assert "garbage.ckpt" in capsys.readouterr().err
+
+
+def test_missing_options_and_bad_config(tmp_path, capsys):
+    assert main(["knn", "--checkpoint", "random", "--out", str(tmp_path)]) == 2
+    assert "missing --train" in capsys.readouterr().err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("temprature: 0.1\n")
+    assert main(["knn", "--config", str(bad), *RANDOM, "--train", "a", "--val", "b", "--out", "c"]) == 2
+    assert "temprature" in capsys.readouterr().err
+
+
+def test_yaml_configs_and_flag_precedence():
+    parser = build_parser()
+    args = parser.parse_args(["knn", "--config", "configs/evaluate/knn.yaml", "--checkpoint", "random",
+                              "--train", "t", "--val", "v", "--out", "o", "--temperature", "0.1"])
+    opts = resolve_options(KNNOptions, args)
+    assert opts.k == (20, 200) and opts.temperature == 0.1 and opts.pool == "cls"
+    for config, protocol in (("linprobe.yaml", "fast"), ("linprobe_paper.yaml", "paper")):
+        args = parser.parse_args(["linprobe", "--config", f"configs/evaluate/{config}", "--checkpoint", "c",
+                                  "--train", "t", "--val", "v", "--out", "o"])
+        opts = resolve_options(LinprobeOptions, args)
+        assert opts.protocol == protocol and opts.base_lr == 0.1 and opts.epochs == 90

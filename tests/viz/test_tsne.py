@@ -1,0 +1,42 @@
+"""t-SNE plot: separated classes stay separated, the legend names every class."""
+import numpy as np
+from PIL import Image
+
+from gcmae.viz.tsne import plot_tsne, subsample, tsne_2d, tsne_figure
+
+
+def clusters(seed=0):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(3, 64)) * 10
+    labels = np.repeat(np.arange(3), 15)
+    return centres[labels] + rng.normal(size=(45, 64)), labels
+
+
+def test_separated_classes_stay_separated():
+    x, y = clusters()
+    points = tsne_2d(x)
+    dist = np.linalg.norm(points[:, None] - points[None], axis=-1)
+    np.fill_diagonal(dist, np.inf)
+    assert (y[dist.argmin(1)] == y).all()  # every point's nearest 2-D neighbour is of its class
+
+
+def test_legend_names_the_classes(tmp_path):
+    x, y = clusters(1)
+    fig = tsne_figure(tsne_2d(x), y, ["ADI", "LYM", "TUM"])
+    texts = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert texts == ["ADI (n=15)", "LYM (n=15)", "TUM (n=15)"]
+    out = plot_tsne(x, y, ["ADI", "LYM", "TUM"], tmp_path / "t.png", "title")
+    with Image.open(out) as img:
+        assert img.format == "PNG" and min(img.size) > 400
+
+
+def test_subsample_is_seeded_and_bounded():
+    assert subsample(10, 20).tolist() == list(range(10))
+    a, b = subsample(1000, 50, seed=3), subsample(1000, 50, seed=3)
+    assert len(a) == 50 and len(set(a)) == 50 and (a == b).all() and (np.diff(a) > 0).all()
+
+
+def test_unlabelled_points_get_one_legend_entry():
+    x, _ = clusters(2)
+    fig = tsne_figure(tsne_2d(x), np.full(len(x), -1), [])
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["unlabelled (n=45)"]
