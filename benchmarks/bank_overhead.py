@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
@@ -46,6 +45,8 @@ from gcmae.models.gcmae import GCMAE  # noqa: E402
 from gcmae.models.vit import ENCODER_PRESETS  # noqa: E402
 from gcmae.seeding import step_generator  # noqa: E402
 from gcmae.train.optim import build_adamw  # noqa: E402
+
+from _machine import device_name  # benchmarks/_machine.py (this folder is on sys.path when run as a script)
 
 GOAL_PCT = 5.0
 PAPER_BATCH = 128
@@ -106,18 +107,6 @@ def autocast(device: torch.device):
     return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
 
 
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"cuda ({torch.cuda.get_device_name(device)})"
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"cpu ({model}, {os.cpu_count()} logical cores)"
 
 
 def busy_cores(interval: float = 0.5) -> float | None:

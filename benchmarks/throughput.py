@@ -46,6 +46,8 @@ if _SRC.is_dir() and str(_SRC) not in sys.path:  # run from a checkout without a
 
 import torch  # noqa: E402
 
+from _machine import device_name  # benchmarks/_machine.py (this folder is on sys.path when run as a script)
+
 CPU_GOAL_PCT = 50.0
 GPU_GOAL_PCT = 40.0
 PRESETS = {"tiny": "vit_tiny", "small": "vit_small", "base": "vit_base"}
@@ -91,18 +93,6 @@ def default_batch(args: argparse.Namespace, img_size: int) -> int:
     return (4 if args.quick else 16) if img_size <= 128 else 4
 
 
-def device_name(device: str) -> str:
-    if device == "cuda":
-        return f"cuda ({torch.cuda.get_device_name(0)})"
-    model = "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"cpu ({model}, {os.cpu_count()} logical cores)"
 
 
 def busy_cores(interval: float = 0.5) -> tuple[float, float] | None:
