@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gcmae.data.datasets import ImageFolderDataset
+from gcmae.evaluate.common import check_same_classes
 from gcmae.data.transforms import eval_transform
 from gcmae.evaluate.embed import extract_features
 from gcmae.evaluate.knn import knn_accuracy
@@ -35,8 +36,7 @@ def knn_on_folders(
         q_f, q_y, loo, n_query = ref_f, ref_y, True, len(ref)
     else:
         query = ImageFolderDataset(query_dir, transform)
-        if query.classes != ref.classes:
-            raise ValueError(f"classes of {query_dir} {query.classes} differ from {reference_dir} {ref.classes}")
+        check_same_classes(ref.classes, ref.root, query.classes, query.root)
         (q_f, q_y), loo, n_query = extract_features(model, query, pool, batch_size), False, len(query)
     n = len(ref.classes)
     k_eff = min(k, len(ref) - int(loo))

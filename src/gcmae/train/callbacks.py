@@ -12,6 +12,7 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from gcmae.config import MonitorConfig
 from gcmae.data.datasets import ImageFolderDataset
 from gcmae.data.transforms import eval_transform
+from gcmae.evaluate.common import check_same_classes
 from gcmae.evaluate.embed import extract_features
 from gcmae.evaluate.knn import knn_accuracy
 from gcmae.io.atomic import atomic_path
@@ -44,11 +45,7 @@ class KNNMonitor(L.Callback):
         for ds in (self.reference, self.query):
             if not ds.classes:
                 raise ValueError(f"kNN monitor folder {ds.root} has no class sub-folders")
-        if self.reference.classes != self.query.classes:
-            raise ValueError(
-                f"kNN monitor: classes differ between {self.reference.root} {self.reference.classes} "
-                f"and {self.query.root} {self.query.classes}"
-            )
+        check_same_classes(self.reference.classes, self.reference.root, self.query.classes, self.query.root)
 
     def evaluate(self, pl_module: L.LightningModule) -> dict[str, float]:
         model = pl_module.model
