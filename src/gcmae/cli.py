@@ -13,10 +13,10 @@ log = logging.getLogger("gcmae")
 
 def _pretrain(args: argparse.Namespace) -> int:
     from gcmae.config import load_pretrain_config
-    from gcmae.train.pretrain import run_pretrain
+    from gcmae.train.pretrain import last_checkpoint, run_pretrain
 
     cfg = load_pretrain_config(args.config, args.overrides)
-    last = Path(cfg.trainer.out_dir) / "checkpoints" / "last.ckpt"
+    last = last_checkpoint(cfg)
     if args.resume and not last.exists():
         raise FileNotFoundError(f"--resume: no checkpoint to resume from at {last}")
     run = run_pretrain(cfg, resume=not args.no_resume)

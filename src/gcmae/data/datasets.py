@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from gcmae.data.validation import IMAGE_EXTENSIONS, check_image, find_images, inspect_image, to_rgb
+from gcmae.data.validation import IMAGE_EXTENSIONS, READ_ERRORS, check_image, find_images, inspect_image, to_rgb
 from gcmae.io.atomic import write_text_atomic
 
 __all__ = ["EmptyDatasetError", "IMAGE_EXTENSIONS", "ImageFolderDataset", "check_image", "find_images"]
@@ -89,7 +89,7 @@ class ImageFolderDataset(Dataset):
         try:
             with Image.open(path) as img:
                 return to_rgb(img)
-        except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as err:
+        except READ_ERRORS as err:
             raise OSError(f"cannot read image {path}: {err}") from err
 
     def _load_or_replace(self, index: int) -> tuple[Image.Image, int]:

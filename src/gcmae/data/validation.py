@@ -24,7 +24,7 @@ _SUFFIX_FORMAT = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".tif": "TIFF"
                   ".webp": "WEBP"}
 _WIDE_GRAY = ("I;16", "I;16B", "I;16L", "I;16N", "I")  # 16-bit grayscale ("I" is how some readers return it)
 _ALPHA = ("RGBA", "LA", "PA", "RGBa", "La")
-_READ_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
+READ_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)  # what PIL raises on bad files
 
 
 def find_images(root: Path) -> list[Path]:
@@ -103,7 +103,7 @@ def inspect_image(path: str | Path, decode: bool = False, max_pixels: int | None
         found = re.search(r"\((\d+) pixels\)", str(err))
         limit = max_pixels or 2 * (Image.MAX_IMAGE_PIXELS or 0)
         return ImageCheck(path, _too_large(f"{int(found.group(1)):,}" if found else str(err), limit))
-    except _READ_ERRORS as err:
+    except READ_ERRORS as err:
         what = "corrupt or truncated image data" if decode else "unreadable image header"
         return ImageCheck(path, f"{what}: {type(err).__name__}: {err}")
     return ImageCheck(path, None, tuple(notes))

@@ -3,10 +3,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gcmae.data.datasets import ImageFolderDataset
 from gcmae.evaluate.common import check_same_classes
-from gcmae.data.transforms import eval_transform
 from gcmae.evaluate.embed import extract_features
+from gcmae.evaluate.features import open_folder
 from gcmae.evaluate.knn import knn_accuracy
 from gcmae.models.gcmae import GCMAE
 
@@ -27,15 +26,12 @@ def knn_on_folders(
     pool: str = "cls", k: int = 200, temperature: float = 0.07, batch_size: int = 128,
 ) -> KNNResult:
     """Weighted kNN + 1-NN accuracy. Without `query_dir`, leave-one-out on the reference folder."""
-    transform = eval_transform(img_size, mean, std)
-    ref = ImageFolderDataset(reference_dir, transform)
-    if not ref.classes:
-        raise ValueError(f"{reference_dir}: kNN needs class sub-folders")
+    ref = open_folder(reference_dir, img_size, mean, std)
     ref_f, ref_y = extract_features(model, ref, pool, batch_size)
     if query_dir is None:
         q_f, q_y, loo, n_query = ref_f, ref_y, True, len(ref)
     else:
-        query = ImageFolderDataset(query_dir, transform)
+        query = open_folder(query_dir, img_size, mean, std)
         check_same_classes(ref.classes, ref.root, query.classes, query.root)
         (q_f, q_y), loo, n_query = extract_features(model, query, pool, batch_size), False, len(query)
     n = len(ref.classes)

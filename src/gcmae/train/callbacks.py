@@ -10,10 +10,9 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from gcmae.config import MonitorConfig
-from gcmae.data.datasets import ImageFolderDataset
-from gcmae.data.transforms import eval_transform
 from gcmae.evaluate.common import check_same_classes
 from gcmae.evaluate.embed import extract_features
+from gcmae.evaluate.features import open_folder
 from gcmae.evaluate.knn import knn_accuracy
 from gcmae.io.atomic import atomic_path
 
@@ -39,12 +38,8 @@ class KNNMonitor(L.Callback):
 
     def __init__(self, cfg: MonitorConfig, img_size: int, mean: tuple, std: tuple) -> None:
         self.cfg = cfg
-        transform = eval_transform(img_size, mean, std)
-        self.reference = ImageFolderDataset(cfg.train_dir, transform)
-        self.query = ImageFolderDataset(cfg.val_dir, transform)
-        for ds in (self.reference, self.query):
-            if not ds.classes:
-                raise ValueError(f"kNN monitor folder {ds.root} has no class sub-folders")
+        self.reference = open_folder(cfg.train_dir, img_size, mean, std)
+        self.query = open_folder(cfg.val_dir, img_size, mean, std)
         check_same_classes(self.reference.classes, self.reference.root, self.query.classes, self.query.root)
 
     def evaluate(self, pl_module: L.LightningModule) -> dict[str, float]:

@@ -119,6 +119,11 @@ def make_strategy(cfg: PretrainConfig) -> str | Strategy:
                        **no_buffer_sync)
 
 
+def last_checkpoint(cfg: PretrainConfig) -> Path:
+    """Where a run writes (and resumes from) its latest checkpoint."""
+    return Path(cfg.trainer.out_dir) / "checkpoints" / "last.ckpt"
+
+
 def run_pretrain(cfg: PretrainConfig, resume: bool = True, extra_callbacks: Sequence[L.Callback] = ()) -> PretrainRun:
     """Pretrain GCMAE as configured. With `resume`, continue from `<out_dir>/checkpoints/last.ckpt` if present."""
     out_dir = Path(cfg.trainer.out_dir)
@@ -129,7 +134,7 @@ def run_pretrain(cfg: PretrainConfig, resume: bool = True, extra_callbacks: Sequ
                                                                  d.std), d.validate)
     for stale in (out_dir / "checkpoints").glob(".*.tmp"):  # half-written by a run that was killed
         stale.unlink()
-    last = out_dir / "checkpoints" / "last.ckpt"
+    last = last_checkpoint(cfg)
     ckpt_path = last if resume and last.exists() else None
     config_file = out_dir / "config.yaml"
     if ckpt_path and config_file.exists():
