@@ -23,7 +23,7 @@ from gcmae.data.transforms import eval_transform, pretrain_transform
 from gcmae.io.atomic import write_text_atomic
 from gcmae.train.callbacks import AtomicCheckpointIO, KNNMonitor
 from gcmae.train.module import PretrainModule
-from gcmae.viz.curves import plot_curves
+from gcmae.viz.curves import metrics_files, plot_curves
 from gcmae.viz.reconstruction import plot_reconstructions
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ class RunFigures(L.Callback):
 def write_figures(out_dir: Path, pl_module: PretrainModule, dataset: ImageFolderDataset, cfg: PretrainConfig,
                   num_images: int = 6) -> None:
     log_dir = out_dir / "logs"
-    if (log_dir / "metrics.csv").exists():
+    if metrics_files(log_dir):  # after a resume the history is in metrics.partN.csv files too
         plot_curves(log_dir, out_dir / "loss_curves.png")
     if cfg.loss.reconstruction_weight > 0:
         transform = eval_transform(cfg.model.img_size, cfg.data.mean, cfg.data.std)
