@@ -57,14 +57,14 @@ class LinprobeOptions(EvalOptions):
 @dataclass
 class VisualizeOptions(BaseOptions):
     data: str = ""  # image folder (class sub-folders colour the t-SNE)
-    what: str = "tsne,attention"  # comma-separated: tsne, attention, reconstruction
+    what: str = "tsne,attention"  # comma-separated: tsne, umap, attention, reconstruction
     num_images: int = 6  # attention / reconstruction rows
-    max_points: int = 2000  # t-SNE subsample
+    max_points: int = 2000  # t-SNE / UMAP subsample
 
 
 REQUIRED = {BaseOptions: ("checkpoint", "out"), EvalOptions: ("train", "val"), VisualizeOptions: ("data",)}
 CHOICES: dict[str, tuple[str, ...]] = {"pool": ("cls", "mean"), "protocol": ("fast", "paper")}
-VISUALS = ("tsne", "attention", "reconstruction")
+VISUALS = ("tsne", "umap", "attention", "reconstruction")
 HELP = {
     "checkpoint": "checkpoint file (ours, official GCMAE/MAE, timm state dict), `gcmae export` folder, or 'random'",
     "out": "output folder (metrics.json, report.md, PNGs)",
@@ -79,7 +79,7 @@ HELP = {
     "val": "labelled folder with the same classes: query / test set",
     "k": "the two k of weighted kNN (1-NN is always added)",
     "logreg_c": "fast protocol: inverse regularisation strength of the logistic regression",
-    "what": "comma-separated: tsne, attention, reconstruction",
+    "what": "comma-separated: tsne, umap, attention, reconstruction",
     "data": "image folder to visualise",
     "batch_size": "images per forward pass when embedding / evaluating",
     "protocol": "fast: logistic regression on cached features; paper: LARS + BatchNorm + linear head, augmented",

@@ -1,9 +1,9 @@
-"""`gcmae visualize`: t-SNE of features, cls-token attention maps and MAE reconstructions for an image folder."""
+"""`gcmae visualize`: t-SNE / UMAP of features, cls-token attention maps and MAE reconstructions for an image folder."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -17,7 +17,7 @@ from gcmae.evaluate.report import write_report
 from gcmae.io.atomic import write_text_atomic
 from gcmae.viz.attention import plot_attention
 from gcmae.viz.reconstruction import plot_reconstructions
-from gcmae.viz.tsne import plot_tsne, subsample
+from gcmae.viz.embedding import plot_embedding, subsample
 
 
 def sample_images(encoder: Encoder, dataset: ImageFolderDataset, num: int) -> tuple[torch.Tensor, list[str]]:
@@ -32,13 +32,17 @@ def sample_images(encoder: Encoder, dataset: ImageFolderDataset, num: int) -> tu
     return torch.stack(imgs), titles
 
 
-def _tsne(opts: VisualizeOptions, encoder: Encoder, dataset: ImageFolderDataset, out: Path) -> tuple[str, str]:
-    fs = folder_features(encoder, dataset, opts.pool, opts.cache_dir or None, opts.batch_size, opts.num_workers,
-                         resolve_device(opts.device), labelled=False)
-    keep = subsample(len(fs.files), opts.max_points, opts.seed)
-    title = f"t-SNE of {opts.pool} features, {len(keep)} of {len(fs.files)} images\n{encoder.description}"
-    plot_tsne(fs.features[keep].numpy(), fs.labels[keep].numpy(), fs.classes, out / "tsne.png", title, opts.seed)
-    return "t-SNE of encoder features", "tsne.png"
+def _feature_map(method: str, label: str) -> Callable[[VisualizeOptions, Encoder, ImageFolderDataset, Path],
+                                                       tuple[str, str]]:
+    def draw(opts: VisualizeOptions, encoder: Encoder, dataset: ImageFolderDataset, out: Path) -> tuple[str, str]:
+        fs = folder_features(encoder, dataset, opts.pool, opts.cache_dir or None, opts.batch_size, opts.num_workers,
+                             resolve_device(opts.device), labelled=False)
+        keep = subsample(len(fs.files), opts.max_points, opts.seed)
+        title = f"{label} of {opts.pool} features, {len(keep)} of {len(fs.files)} images\n{encoder.description}"
+        plot_embedding(fs.features[keep].numpy(), fs.labels[keep].numpy(), fs.classes, out / f"{method}.png", title,
+                       opts.seed, method)
+        return f"{label} of encoder features", f"{method}.png"
+    return draw
 
 
 def _attention(opts: VisualizeOptions, encoder: Encoder, dataset: ImageFolderDataset, out: Path) -> tuple[str, str]:
@@ -56,7 +60,7 @@ def _reconstruction(opts: VisualizeOptions, encoder: Encoder, dataset: ImageFold
     return "reconstructions (original / masked / reconstruction / with visible patches)", "reconstructions.png"
 
 
-VISUALS = {"tsne": _tsne, "attention": _attention, "reconstruction": _reconstruction}
+VISUALS = {"tsne": _feature_map("tsne", "t-SNE"), "umap": _feature_map("umap", "UMAP"), "attention": _attention, "reconstruction": _reconstruction}
 
 
 def run_visualize(opts: VisualizeOptions) -> dict[str, Any]:

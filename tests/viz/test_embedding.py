@@ -1,8 +1,10 @@
-"""t-SNE plot: separated classes stay separated, the legend names every class."""
+"""t-SNE / UMAP maps: separated classes stay separated, the legend names every class."""
 import numpy as np
 from PIL import Image
 
-from gcmae.viz.tsne import plot_tsne, subsample, tsne_2d, tsne_figure
+import pytest
+
+from gcmae.viz.embedding import embedding_figure, map_2d, plot_embedding, subsample, tsne_2d
 
 
 def clusters(seed=0):
@@ -12,9 +14,10 @@ def clusters(seed=0):
     return centres[labels] + rng.normal(size=(45, 64)), labels
 
 
-def test_separated_classes_stay_separated():
+@pytest.mark.parametrize("method", ["tsne", "umap"])
+def test_separated_classes_stay_separated(method):
     x, y = clusters()
-    points = tsne_2d(x)
+    points = map_2d(x, method)
     dist = np.linalg.norm(points[:, None] - points[None], axis=-1)
     np.fill_diagonal(dist, np.inf)
     assert (y[dist.argmin(1)] == y).all()  # every point's nearest 2-D neighbour is of its class
@@ -22,10 +25,10 @@ def test_separated_classes_stay_separated():
 
 def test_legend_names_the_classes(tmp_path):
     x, y = clusters(1)
-    fig = tsne_figure(tsne_2d(x), y, ["ADI", "LYM", "TUM"])
+    fig = embedding_figure(tsne_2d(x), y, ["ADI", "LYM", "TUM"])
     texts = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert texts == ["ADI (n=15)", "LYM (n=15)", "TUM (n=15)"]
-    out = plot_tsne(x, y, ["ADI", "LYM", "TUM"], tmp_path / "t.png", "title")
+    out = plot_embedding(x, y, ["ADI", "LYM", "TUM"], tmp_path / "t.png", "title", method="tsne")
     with Image.open(out) as img:
         assert img.format == "PNG" and min(img.size) > 400
 
@@ -38,5 +41,10 @@ def test_subsample_is_seeded_and_bounded():
 
 def test_unlabelled_points_get_one_legend_entry():
     x, _ = clusters(2)
-    fig = tsne_figure(tsne_2d(x), np.full(len(x), -1), [])
+    fig = embedding_figure(tsne_2d(x), np.full(len(x), -1), [])
     assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["unlabelled (n=45)"]
+
+
+def test_unknown_method_is_named():
+    with pytest.raises(ValueError, match="umapp"):
+        map_2d(clusters()[0], "umapp")

@@ -1,4 +1,4 @@
-"""t-SNE of encoder features, one colour per class, with a legend of class names."""
+"""2-D maps of encoder features (t-SNE, UMAP), one colour per class, with a legend of class names."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -16,6 +16,7 @@ from threadpoolctl import threadpool_limits  # noqa: E402
 from gcmae.io.atomic import atomic_path  # noqa: E402
 
 PCA_DIMS = 50  # reduce wide features first, as is usual before t-SNE
+METHODS = ("tsne", "umap")
 
 
 def subsample(num_items: int, max_items: int, seed: int = 0) -> np.ndarray:
@@ -39,7 +40,28 @@ def tsne_2d(features: np.ndarray, seed: int = 0, perplexity: float = 30.0) -> np
         return tsne.fit_transform(x)
 
 
-def tsne_figure(points: np.ndarray, labels: np.ndarray, classes: list[str], title: str = "") -> Figure:
+def umap_2d(features: np.ndarray, seed: int = 0, n_neighbors: int = 15) -> np.ndarray:
+    """(N, 2) UMAP coordinates (cosine metric; PCA to 50 dimensions first when wider; seeded, so single-threaded)."""
+    import umap  # imported here: numba compiles it on first import (~15 s)
+
+    x = np.asarray(features, dtype=np.float32)
+    if x.shape[0] < 4:
+        raise ValueError(f"UMAP needs at least 4 images, got {x.shape[0]}")
+    if x.shape[1] > PCA_DIMS and x.shape[0] > PCA_DIMS:
+        x = PCA(n_components=PCA_DIMS, random_state=seed).fit_transform(x)
+    reducer = umap.UMAP(n_components=2, n_neighbors=min(n_neighbors, x.shape[0] - 1), metric="cosine",
+                        random_state=seed, n_jobs=1)
+    return reducer.fit_transform(x)
+
+
+def map_2d(features: np.ndarray, method: str = "tsne", seed: int = 0) -> np.ndarray:
+    """(N, 2) coordinates from `method` ("tsne" or "umap")."""
+    if method not in METHODS:
+        raise ValueError(f"unknown 2-D map {method!r}; choose one of {', '.join(METHODS)}")
+    return tsne_2d(features, seed) if method == "tsne" else umap_2d(features, seed)
+
+
+def embedding_figure(points: np.ndarray, labels: np.ndarray, classes: list[str], title: str = "") -> Figure:
     """Scatter plot of `points` coloured by `labels` (indices into `classes`; -1 or no classes: unlabelled)."""
     fig, ax = plt.subplots(figsize=(7.5, 6.5))
     size = float(np.clip(3000 / max(len(points), 1), 4, 40))
@@ -55,7 +77,7 @@ def tsne_figure(points: np.ndarray, labels: np.ndarray, classes: list[str], titl
               fontsize=9, frameon=False, title="class")
     ax.set_xticks([])
     ax.set_yticks([])
-    ax.set_title(title or "t-SNE of encoder features", fontsize=10)
+    ax.set_title(title or "encoder features", fontsize=10)
     fig.tight_layout()
     return fig
 
@@ -67,7 +89,8 @@ def save_figure(fig: Figure, out_png: str | Path, dpi: int = 120) -> Path:
     return Path(out_png)
 
 
-def plot_tsne(features: np.ndarray, labels: np.ndarray, classes: list[str], out_png: str | Path, title: str = "",
-              seed: int = 0) -> Path:
-    """t-SNE of `features` saved as a PNG coloured by class."""
-    return save_figure(tsne_figure(tsne_2d(features, seed), np.asarray(labels), classes, title), out_png)
+def plot_embedding(features: np.ndarray, labels: np.ndarray, classes: list[str], out_png: str | Path,
+                   title: str = "", seed: int = 0, method: str = "tsne") -> Path:
+    """A t-SNE or UMAP map of `features` saved as a PNG coloured by class."""
+    points = map_2d(features, method, seed)
+    return save_figure(embedding_figure(points, np.asarray(labels), classes, title), out_png)
