@@ -56,3 +56,30 @@ def test_python_tag_in_an_override_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_pretrain_config(None, [f"data.train_dir=!!python/object/apply:os.system ['touch {marker}']"])
     assert not marker.exists()
+
+
+def test_lists_mappings_and_nested_dataclasses_are_checked():
+    from dataclasses import dataclass, field
+
+    from gcmae.config import ConfigError, from_dict
+
+    @dataclass
+    class Item:
+        name: str
+        size: int = 1
+
+    @dataclass
+    class Outer:
+        items: list[Item] = field(default_factory=list)
+        overrides: dict[str, list[str]] = field(default_factory=dict)
+        ks: tuple[int, ...] = ()
+
+    cfg = from_dict(Outer, {"items": [{"name": "a"}, {"name": "b", "size": 2}], "overrides": {"m": ["x=1"]},
+                            "ks": [20, 200]})
+    assert cfg == Outer([Item("a"), Item("b", 2)], {"m": ["x=1"]}, (20, 200))
+    with pytest.raises(ConfigError, match=r"items\[1\].size: expected an integer"):
+        from_dict(Outer, {"items": [{"name": "a"}, {"name": "b", "size": "big"}]})
+    with pytest.raises(ConfigError, match=r"overrides.m: expected a list"):
+        from_dict(Outer, {"overrides": {"m": "x=1"}})
+    with pytest.raises(ConfigError, match=r"unknown config key\(s\) items\[0\].colour"):
+        from_dict(Outer, {"items": [{"name": "a", "colour": 1}]})

@@ -1,0 +1,118 @@
+"""The frozen-feature protocols that `transfer` and `replicate` report: weighted kNN, 1-NN and the fast linear
+probe, on a labelled train/val pair or, for sets too small to split (the 32 CRC tiles), by stratified
+cross-validation with out-of-fold predictions."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.model_selection import StratifiedKFold
+
+from gcmae.evaluate.common import check_same_classes
+from gcmae.evaluate.features import Encoder, FeatureSet, folder_features, open_folder
+from gcmae.evaluate.knn import knn_predict
+from gcmae.evaluate.linprobe import fit_logistic_probe, probe_probabilities
+from gcmae.evaluate.metrics import classification_metrics
+
+SUMMARY_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "auc")
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """A labelled evaluation task: train on `train`, test on `val`; without `val`, `cv_folds`-fold
+    stratified cross-validation within `train`."""
+
+    name: str
+    train: str
+    val: str | None = None
+    cv_folds: int = 4
+
+    @classmethod
+    def parse(cls, spec: str) -> EvalSet:
+        """`name=TRAIN_DIR[,VAL_DIR]` (no VAL_DIR: cross-validation)."""
+        name, sep, dirs = spec.partition("=")
+        parts = [p for p in dirs.split(",") if p]
+        if not sep or not name or not 1 <= len(parts) <= 2:
+            raise ValueError(f"evaluation set {spec!r}: expected NAME=TRAIN_DIR[,VAL_DIR]")
+        return cls(name, parts[0], parts[1] if len(parts) == 2 else None)
+
+    def describe(self) -> str:
+        return f"train `{self.train}`, test `{self.val}`" if self.val else \
+            f"`{self.train}`, {self.cv_folds}-fold stratified cross-validation"
+
+
+@dataclass(frozen=True)
+class ProtocolSettings:
+    """kNN and linear-probe settings (the defaults are the paper's kNN and our fast probe)."""
+
+    pool: str = "cls"
+    knn_k: tuple[int, ...] = (20, 200)
+    temperature: float = 0.07
+    logreg_c: float = 1.0
+    max_iter: int = 1000
+    seed: int = 0
+
+
+def _knn_probs(train_x: torch.Tensor, train_y: torch.Tensor, query_x: torch.Tensor, num_classes: int, k: int,
+               temperature: float) -> np.ndarray:
+    votes = knn_predict(train_x, train_y, query_x, num_classes, min(k, len(train_y)), temperature)
+    return (votes / votes.sum(dim=1, keepdim=True)).numpy()
+
+
+def _all_probs(train_x: torch.Tensor, train_y: torch.Tensor, query_x: torch.Tensor, num_classes: int,
+               s: ProtocolSettings) -> dict[str, np.ndarray]:
+    """Class probabilities of every protocol for the queries, from one training split."""
+    out = {f"knn_k{k}": _knn_probs(train_x, train_y, query_x, num_classes, k, s.temperature) for k in s.knn_k}
+    out["nn1"] = _knn_probs(train_x, train_y, query_x, num_classes, 1, s.temperature)
+    clf, _ = fit_logistic_probe(train_x, train_y, s.logreg_c, s.max_iter, s.seed)
+    out["logreg"] = probe_probabilities(clf, query_x, num_classes)
+    return out
+
+
+def evaluate_features(train: FeatureSet, val: FeatureSet | None, s: ProtocolSettings,
+                      cv_folds: int = 4) -> dict[str, dict[str, Any]]:
+    """Metrics of every protocol: on `val`, or out-of-fold over `train` when `val` is None."""
+    classes, n_cls = train.classes, len(train.classes)
+    if val is not None:
+        probs = _all_probs(train.features, train.labels, val.features, n_cls, s)
+        return {name: classification_metrics(val.labels, p, classes) for name, p in probs.items()}
+    y = train.labels.numpy()
+    smallest = int(np.bincount(y, minlength=n_cls).min())
+    if smallest < cv_folds:
+        raise ValueError(f"{train.root}: {cv_folds}-fold cross-validation needs >= {cv_folds} images per class, "
+                         f"the smallest class has {smallest}")
+    folds = StratifiedKFold(n_splits=cv_folds, shuffle=True, random_state=s.seed)
+    oof: dict[str, np.ndarray] = {}
+    for fit_idx, test_idx in folds.split(np.zeros(len(y)), y):
+        fit_i, test_i = torch.from_numpy(fit_idx), torch.from_numpy(test_idx)
+        probs = _all_probs(train.features[fit_i], train.labels[fit_i], train.features[test_i], n_cls, s)
+        for name, p in probs.items():
+            oof.setdefault(name, np.zeros((len(y), n_cls)))[test_idx] = p
+    return {name: classification_metrics(y, p, classes) for name, p in oof.items()}
+
+
+def evaluate_encoder(encoder: Encoder, sets: list[EvalSet], s: ProtocolSettings, cache_dir: str | Path | None,
+                     batch_size: int = 128, num_workers: int = 0,
+                     device: str | torch.device = "cpu") -> dict[str, dict[str, dict[str, Any]]]:
+    """{eval set name: {protocol: metrics}} for one frozen encoder (features cached in `cache_dir`)."""
+    results = {}
+    for es in sets:
+        train_ds = open_folder(es.train)
+        val_ds = open_folder(es.val) if es.val else None
+        if val_ds is not None:
+            check_same_classes(train_ds.classes, train_ds.root, val_ds.classes, val_ds.root)
+        kwargs: dict[str, Any] = dict(pool=s.pool, cache_dir=cache_dir, batch_size=batch_size,
+                                      num_workers=num_workers, device=device)
+        train = folder_features(encoder, train_ds, **kwargs)
+        val = folder_features(encoder, val_ds, **kwargs) if val_ds is not None else None
+        results[es.name] = evaluate_features(train, val, s, es.cv_folds)
+    return results
+
+
+def result_rows(results: dict[str, dict[str, dict[str, Any]]], **keys: Any) -> list[dict[str, Any]]:
+    """Flat rows (one per eval set and protocol) with the summary metrics, prefixed by `keys`."""
+    return [{**keys, "eval_set": set_name, "protocol": protocol, **{m: metrics.get(m) for m in SUMMARY_METRICS}}
+            for set_name, by_protocol in results.items() for protocol, metrics in by_protocol.items()]

@@ -1,0 +1,149 @@
+"""`gcmae transfer`: encoders pretrained on dataset A, probed on datasets B, C, ... with frozen features.
+
+Writes one row per (pretrain set, method, eval set, protocol) to `transfer.csv`, a Markdown table and each
+model's full metrics (`models/<tag>/metrics.json`). A model whose metrics exist for the same weights and settings
+is not evaluated again, so an interrupted run resumes.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gcmae.config import ConfigError, dump_yaml, from_dict, load_yaml
+from gcmae.evaluate.common import resolve_device
+from gcmae.evaluate.features import RANDOM, file_digest, load_encoder
+from gcmae.evaluate.protocols import SUMMARY_METRICS, EvalSet, ProtocolSettings, evaluate_encoder, result_rows
+from gcmae.io.atomic import write_text_atomic
+from gcmae.io.paths import safe_name
+
+log = logging.getLogger(__name__)
+ROW_KEYS = ("pretrain_set", "method", "seed")
+
+
+@dataclass
+class ModelSpec:
+    """One encoder to probe: `checkpoint` is a file / export folder, or "random" (then `encoder` is needed)."""
+
+    method: str
+    checkpoint: str
+    pretrain_set: str = "none"
+    seed: int = 0
+    encoder: str | None = None
+    img_size: int | None = None
+    patch_size: int | None = None
+
+    @property
+    def tag(self) -> str:
+        return safe_name(f"{self.method}-{self.pretrain_set}-seed{self.seed}")
+
+
+@dataclass
+class EvalConfig:
+    """The evaluation sets and protocol settings shared by `transfer` and `replicate`."""
+
+    eval_sets: list[EvalSet] = field(default_factory=list)
+    pool: str = "cls"
+    knn_k: tuple[int, ...] = (20, 200)
+    temperature: float = 0.07
+    logreg_c: float = 1.0
+    max_iter: int = 1000
+    batch_size: int = 128
+    num_workers: int = 0
+    device: str = "auto"
+    cache_dir: str = "runs/feature-cache"
+
+    def protocol_settings(self, seed: int) -> ProtocolSettings:
+        return ProtocolSettings(self.pool, tuple(self.knn_k), self.temperature, self.logreg_c, self.max_iter, seed)
+
+    def check(self) -> None:
+        if not self.eval_sets:
+            raise ConfigError("no evaluation sets: give at least one (eval_sets / --eval NAME=TRAIN[,VAL])")
+        names = [s.name for s in self.eval_sets]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"evaluation set names must be unique, got {names}")
+        if self.pool not in ("cls", "mean"):
+            raise ConfigError(f"pool must be cls or mean, got {self.pool!r}")
+        for s in self.eval_sets:
+            for folder in (s.train, s.val):
+                if folder and not Path(folder).is_dir():
+                    raise FileNotFoundError(f"evaluation set {s.name}: no such folder {folder}")
+
+
+@dataclass
+class TransferConfig:
+    out: str = "runs/transfer"
+    models: list[ModelSpec] = field(default_factory=list)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def load_transfer_config(path: str | Path) -> TransferConfig:
+    try:
+        return from_dict(TransferConfig, load_yaml(path))
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
+
+
+def _identity(spec: ModelSpec, cfg: EvalConfig) -> dict[str, Any]:
+    weights = {"random": True} if spec.checkpoint == RANDOM else {"sha256": file_digest(spec.checkpoint)}
+    return {"model": asdict(spec), "weights": weights, "eval": asdict(cfg)}
+
+
+def evaluate_model(spec: ModelSpec, cfg: EvalConfig, out_dir: Path) -> list[dict[str, Any]]:
+    """Rows of one model, from `out_dir/models/<tag>/metrics.json` when it holds this exact evaluation."""
+    path = out_dir / "models" / spec.tag / "metrics.json"
+    identity = _identity(spec, cfg)
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        if saved.get("identity") == json.loads(json.dumps(identity)):
+            log.info("%s: already evaluated (%s)", spec.tag, path)
+            return saved["rows"]
+    encoder = load_encoder(spec.checkpoint, spec.encoder, spec.img_size, spec.patch_size, spec.seed)
+    results = evaluate_encoder(encoder, cfg.eval_sets, cfg.protocol_settings(spec.seed), cfg.cache_dir or None,
+                               cfg.batch_size, cfg.num_workers, resolve_device(cfg.device))
+    rows = result_rows(results, pretrain_set=spec.pretrain_set, method=spec.method, seed=spec.seed)
+    payload = {"identity": identity, "weights": encoder.description, "results": results, "rows": rows}
+    write_text_atomic(path, json.dumps(payload, indent=2) + "\n")
+    return rows
+
+
+def rows_csv(rows: list[dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    columns = [*ROW_KEYS, "eval_set", "protocol", *SUMMARY_METRICS]
+    writer = csv.DictWriter(buf, columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def rows_markdown(rows: list[dict[str, Any]]) -> str:
+    head = "| pretrain set | method | seed | eval set | protocol | " + " | ".join(SUMMARY_METRICS) + " |"
+    lines = [head, "|" + "---|" * (5 + len(SUMMARY_METRICS))]
+    for r in rows:
+        cells = [r["pretrain_set"], r["method"], str(r["seed"]), r["eval_set"], r["protocol"]]
+        cells += ["–" if r[m] is None else f"{r[m]:.4f}" for m in SUMMARY_METRICS]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def run_transfer(cfg: TransferConfig) -> list[dict[str, Any]]:
+    """Probe every model on every evaluation set; writes transfer.csv, transfer.md and config.yaml."""
+    if not cfg.models:
+        raise ConfigError("no models to evaluate: give --checkpoint or a `models:` list")
+    cfg.eval.check()
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / "config.yaml", dump_yaml(cfg))
+    rows: list[dict[str, Any]] = []
+    for i, spec in enumerate(cfg.models, 1):
+        log.info("model %d/%d: %s (%s)", i, len(cfg.models), spec.tag, spec.checkpoint)
+        rows += evaluate_model(spec, cfg.eval, out)
+    write_text_atomic(out / "transfer.csv", rows_csv(rows))
+    sets = "; ".join(f"**{s.name}**: {s.describe()}" for s in cfg.eval.eval_sets)
+    write_text_atomic(out / "transfer.md", f"# Transfer evaluation\n\nFrozen {cfg.eval.pool} features. {sets}.\n\n"
+                      f"{rows_markdown(rows)}\n")
+    return rows

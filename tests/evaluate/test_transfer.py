@@ -1,0 +1,75 @@
+"""`gcmae transfer`: one row per (pretrain set, method, eval set, protocol); re-runs reuse finished models."""
+import csv
+import shutil
+
+import pytest
+
+from gcmae.cli import main
+from gcmae.config import ConfigError
+from gcmae.evaluate.protocols import EvalSet
+from gcmae.evaluate.transfer import EvalConfig, ModelSpec, TransferConfig, run_transfer
+from tests.evaluate.conftest import copy_subset
+
+CRC_CLASSES = ("ADI", "LYM", "TUM")
+
+
+@pytest.fixture(scope="module")
+def crc_small(tmp_path_factory, samples):
+    """Three real CRC-VAL-HE-7K classes, 4 tiles each."""
+    src = samples / "crc-val-he-7k"
+    dst = tmp_path_factory.mktemp("crc") / "crc"
+    for cls in CRC_CLASSES:
+        (dst / cls).mkdir(parents=True)
+        for f in sorted((src / cls).iterdir())[:4]:
+            shutil.copy(f, dst / cls / f.name)
+    return dst
+
+
+def eval_config(pcam_pair, crc_small, tmp_path) -> EvalConfig:
+    return EvalConfig(eval_sets=[EvalSet("pcam", str(pcam_pair[0]), str(pcam_pair[1])),
+                                 EvalSet("crc", str(crc_small), None, 4)],
+                      knn_k=(5,), device="cpu", cache_dir=str(tmp_path / "cache"))
+
+
+def test_rows_for_every_model_set_and_protocol_and_reuse(tmp_path, pcam_pair, crc_small, trained_checkpoint):
+    models = [ModelSpec("gcmae", str(trained_checkpoint), "pcam", 0),
+              ModelSpec("random_init", "random", "none", 1, "vit_tiny", 32, 8)]
+    cfg = TransferConfig(str(tmp_path / "out"), models, eval_config(pcam_pair, crc_small, tmp_path))
+    rows = run_transfer(cfg)
+    assert len(rows) == 2 * 2 * 3  # models x eval sets x (knn_k5, nn1, logreg)
+    with open(tmp_path / "out" / "transfer.csv") as fh:
+        table = list(csv.DictReader(fh))
+    assert {(r["method"], r["pretrain_set"], r["eval_set"]) for r in table} == {
+        ("gcmae", "pcam", "pcam"), ("gcmae", "pcam", "crc"), ("random_init", "none", "pcam"),
+        ("random_init", "none", "crc")}
+    assert all(0.0 <= float(r["accuracy"]) <= 1.0 for r in table)
+    crc_rows = [r for r in rows if r["eval_set"] == "crc" and r["protocol"] == "nn1"]
+    assert all(r["accuracy"] * 12 == pytest.approx(round(r["accuracy"] * 12)) for r in crc_rows)  # 12 tiles
+    metrics = tmp_path / "out" / "models" / "gcmae-pcam-seed0" / "metrics.json"
+    before = metrics.stat().st_mtime_ns
+    assert run_transfer(cfg) == rows
+    assert metrics.stat().st_mtime_ns == before  # reused, not recomputed
+    cfg.eval.knn_k = (3,)  # other settings: evaluated again
+    assert {r["protocol"] for r in run_transfer(cfg)} == {"knn_k3", "nn1", "logreg"}
+    assert metrics.stat().st_mtime_ns != before
+
+
+def test_cli_writes_the_table(tmp_path, pcam_pair, crc_small, capsys):
+    code = main(["transfer", "--checkpoint", "random", "--encoder", "vit_tiny", "--img-size", "32",
+                 "--patch-size", "8", "--method", "random_init", "--eval", f"crc={crc_small}",
+                 "--out", str(tmp_path / "t"), "--cache-dir", "", "--device", "cpu"])
+    assert code == 0
+    text = (tmp_path / "t" / "transfer.md").read_text()
+    assert "| unknown | random_init | 0 | crc | logreg |" in text
+
+
+def test_missing_eval_folder_and_no_models_are_named(tmp_path, pcam_pair):
+    cfg = TransferConfig(str(tmp_path), [ModelSpec("m", "random", encoder="vit_tiny")],
+                         EvalConfig(eval_sets=[EvalSet("x", str(tmp_path / "nope"))]))
+    with pytest.raises(FileNotFoundError, match="evaluation set x: no such folder .*nope"):
+        run_transfer(cfg)
+    with pytest.raises(ConfigError, match="no models"):
+        run_transfer(TransferConfig(str(tmp_path)))
+    cfg.eval.eval_sets = []
+    with pytest.raises(ConfigError, match="no evaluation sets"):
+        run_transfer(cfg)
