@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from gcmae.evaluate.options import KNNOptions, LinprobeOptions, VisualizeOptions, add_option_arguments, resolve_options
+from gcmae.evaluate.options import FinetuneOptions
 
 
 def _knn(args: argparse.Namespace) -> int:
@@ -20,11 +21,70 @@ def _linprobe(args: argparse.Namespace) -> int:
     return 0
 
 
+def _finetune(args: argparse.Namespace) -> int:
+    from gcmae.evaluate.finetune import run_finetune
+
+    run_finetune(resolve_options(FinetuneOptions, args))
+    return 0
+
+
 def _visualize(args: argparse.Namespace) -> int:
     from gcmae.evaluate.visualize import run_visualize
 
     run_visualize(resolve_options(VisualizeOptions, args))
     return 0
+
+
+def _transfer(args: argparse.Namespace) -> int:
+    from gcmae.evaluate.protocols import EvalSet
+    from gcmae.evaluate.transfer import ModelSpec, TransferConfig, load_transfer_config, run_transfer
+
+    cfg = load_transfer_config(args.config) if args.config else TransferConfig()
+    if args.checkpoint:
+        cfg.models.append(ModelSpec(args.method, args.checkpoint, args.pretrain_set, args.seed, args.encoder,
+                                    args.img_size, args.patch_size))
+    cfg.eval.eval_sets += [EvalSet.parse(spec) for spec in args.eval or []]
+    for name in ("out", "pool", "device", "cache_dir"):
+        if getattr(args, name) is not None:
+            target = cfg if name == "out" else cfg.eval
+            setattr(target, name, getattr(args, name))
+    run_transfer(cfg)
+    print(f"outputs in {cfg.out} (transfer.csv, transfer.md, models/*/metrics.json)")
+    return 0
+
+
+def _replicate(args: argparse.Namespace) -> int:
+    from gcmae.evaluate.replicate import load_replicate_config, run_replicate
+
+    run_replicate(load_replicate_config(args.config, args.overrides))
+    return 0
+
+
+def _add_transfer_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("transfer", help="probe encoders pretrained on one dataset on other labelled datasets "
+                                        "(kNN, 1-NN, linear probe): one row per pretrain set, method, eval set")
+    p.add_argument("--config", help="YAML with `out`, `models` (method, checkpoint, pretrain_set, ...) and `eval`")
+    p.add_argument("--checkpoint", help="one model to evaluate (added to the config's models); 'random' for an "
+                                        "untrained encoder (with --encoder)")
+    p.add_argument("--method", default="gcmae", help="the model's name in the table (default: gcmae)")
+    p.add_argument("--pretrain-set", default="unknown", help="name of the data it was pretrained on")
+    p.add_argument("--eval", action="append", metavar="NAME=TRAIN[,VAL]",
+                   help="an evaluation set (repeatable); without VAL: 4-fold stratified cross-validation")
+    p.add_argument("--out", help="output folder (default: runs/transfer)")
+    p.add_argument("--encoder")
+    p.add_argument("--img-size", type=int)
+    p.add_argument("--patch-size", type=int)
+    p.add_argument("--pool", choices=("cls", "mean"))
+    p.add_argument("--device")
+    p.add_argument("--cache-dir")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_transfer)
+    p = sub.add_parser("replicate", help="the paper's comparison under one budget: pretrain GCMAE, MAE, "
+                                         "contrast-only, random init over seeds; kNN + linear probe + transfer "
+                                         "table (mean ± std) and bar chart")
+    p.add_argument("--config", required=True, help="e.g. configs/replicate/pcam_cpu.yaml")
+    p.add_argument("overrides", nargs="*", help="key=value overrides of the replicate config, e.g. seeds=[0]")
+    p.set_defaults(func=_replicate)
 
 
 def add_evaluation_parsers(sub: argparse._SubParsersAction) -> None:
@@ -36,6 +96,11 @@ def add_evaluation_parsers(sub: argparse._SubParsersAction) -> None:
                                         "features, default) or the paper protocol (--protocol paper)")
     add_option_arguments(p, LinprobeOptions)
     p.set_defaults(func=_linprobe)
+    p = sub.add_parser("finetune", help="fine-tune the whole encoder + a linear head (GCMAE's recipe: AdamW, layer "
+                                        "decay, RandAugment, label smoothing); best checkpoint by a val metric")
+    add_option_arguments(p, FinetuneOptions)
+    p.set_defaults(func=_finetune)
     p = sub.add_parser("visualize", help="t-SNE of features, cls attention maps, reconstructions (PNG + report.md)")
     add_option_arguments(p, VisualizeOptions)
     p.set_defaults(func=_visualize)
+    _add_transfer_parsers(sub)

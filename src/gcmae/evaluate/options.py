@@ -1,4 +1,4 @@
-"""Options of `gcmae knn`, `gcmae linprobe` and `gcmae visualize`: dataclass defaults <- YAML <- command line.
+"""Options of `gcmae knn`, `linprobe`, `finetune` and `visualize`: dataclass defaults <- YAML <- command line.
 
 Every field is a command-line flag (`img_size` -> `--img-size`); a `--config` YAML file may set any of them
 (unknown keys and wrong types are errors naming the key, as for pretraining configs), and flags given on the
@@ -55,6 +55,26 @@ class LinprobeOptions(EvalOptions):
 
 
 @dataclass
+class FinetuneOptions(EvalOptions):
+    """`gcmae finetune`: GCMAE's (MAE's) end-to-end fine-tuning recipe; `batch_size` is the training batch."""
+
+    epochs: int = 50
+    warmup_epochs: float = 5.0
+    base_lr: float = 1e-3  # lr = base_lr * batch_size / 256
+    min_lr: float = 1e-6
+    layer_decay: float = 0.75
+    weight_decay: float = 0.05
+    drop_path: float = 0.1
+    label_smoothing: float = 0.1
+    crop_scale: tuple[float, float] = (0.08, 1.0)  # RandomResizedCrop area range
+    randaug_ops: int = 2  # torchvision RandAugment(num_ops, magnitude); 0 disables it
+    randaug_magnitude: int = 9
+    reprob: float = 0.25  # random erasing probability (official GCMAE main_finetune.py); 0 disables it
+    precision: str = "32-true"
+    metric: str = "balanced_accuracy"  # validation metric that picks the best checkpoint
+
+
+@dataclass
 class VisualizeOptions(BaseOptions):
     data: str = ""  # image folder (class sub-folders colour the t-SNE)
     what: str = "tsne,attention"  # comma-separated: tsne, umap, attention, reconstruction
@@ -63,7 +83,9 @@ class VisualizeOptions(BaseOptions):
 
 
 REQUIRED = {BaseOptions: ("checkpoint", "out"), EvalOptions: ("train", "val"), VisualizeOptions: ("data",)}
-CHOICES: dict[str, tuple[str, ...]] = {"pool": ("cls", "mean"), "protocol": ("fast", "paper")}
+CHOICES: dict[str, tuple[str, ...]] = {"pool": ("cls", "mean"), "protocol": ("fast", "paper"),
+                                       "metric": ("balanced_accuracy", "accuracy", "macro_f1", "auc"),
+                                       "precision": ("32-true", "bf16-mixed", "16-mixed")}
 VISUALS = ("tsne", "umap", "attention", "reconstruction")
 HELP = {
     "checkpoint": "checkpoint file (ours, official GCMAE/MAE, timm state dict), `gcmae export` folder, or 'random'",
@@ -94,6 +116,37 @@ HELP = {
     "num_images": "attention / reconstruction: number of images",
     "max_points": "t-SNE: at most this many images (seeded subsample)",
 }
+CLASS_HELP: dict[type, dict[str, str]] = {  # per-command help where a shared field name means something else
+    FinetuneOptions: {
+        "train": "labelled folder (one sub-folder per class): the fine-tuning training set",
+        "val": "labelled folder with the same classes: picks the best epoch, then is evaluated",
+        "cache_dir": "not used by fine-tuning",
+        "batch_size": "training batch (also the evaluation batch); lr = base_lr x batch / 256",
+        "epochs": "training epochs",
+        "warmup_epochs": "linear warm-up epochs (per iteration), then half-cycle cosine to min_lr",
+        "base_lr": "lr = base_lr x batch / 256",
+        "min_lr": "lr at the end of the cosine",
+        "layer_decay": "layer-wise lr decay: block i gets decay^(depth - i) of the head's lr",
+        "weight_decay": "AdamW weight decay (not on biases, norms, pos_embed, cls_token)",
+        "drop_path": "stochastic depth rate (linearly increasing over the blocks)",
+        "label_smoothing": "cross-entropy label smoothing",
+        "crop_scale": "RandomResizedCrop area range (min max)",
+        "randaug_ops": "RandAugment: operations per image (0: no RandAugment)",
+        "randaug_magnitude": "RandAugment: magnitude (0-30)",
+        "reprob": "random erasing probability (0: none)",
+        "pool": "classifier input: cls token, or mean of the patch tokens (+ a new LayerNorm, MAE's global pool)",
+        "precision": "32-true, bf16-mixed (GPUs that support it) or 16-mixed",
+        "metric": "validation metric that picks the best checkpoint",
+        "seed": "seed of the head init, data order, augmentations and drop path",
+    },
+}
+
+
+def _help(cls: type) -> dict[str, str]:
+    merged = dict(HELP)
+    for owner in reversed(cls.__mro__):
+        merged.update(CLASS_HELP.get(owner, {}))
+    return merged
 
 
 def _flag(name: str) -> str:
@@ -104,13 +157,14 @@ def add_option_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
     """One flag per field of `cls` (default None: 'not given'), plus --config."""
     parser.add_argument("--config", default=None, help="YAML file with any of these options (flags win)")
     hints = typing.get_type_hints(cls)
+    help_text = _help(cls)
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
         args = [tp_ for tp_ in typing.get_args(tp) if tp_ is not type(None)]
         base = args[0] if args and typing.get_origin(tp) is not tuple else tp
         required = any(f.name in names and issubclass(cls, owner) for owner, names in REQUIRED.items())
         suffix = "(required)" if required else "" if f.default is None else f"(default: {f.default})"
-        kwargs: dict[str, Any] = {"default": None, "help": f"{HELP.get(f.name, '')} {suffix}".strip()}
+        kwargs: dict[str, Any] = {"default": None, "help": f"{help_text.get(f.name, '')} {suffix}".strip()}
         if typing.get_origin(tp) is tuple:
             kwargs.update(nargs=len(typing.get_args(tp)), type=typing.get_args(tp)[0], metavar="N")
         else:
@@ -160,4 +214,6 @@ def settings(opts: Any) -> dict[str, Any]:
             if protocol != opts.protocol:
                 for name in names:
                     values.pop(name)
+    if isinstance(opts, FinetuneOptions):
+        values.pop("cache_dir")  # fine-tuning embeds nothing to cache
     return values
