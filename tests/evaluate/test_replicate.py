@@ -5,7 +5,7 @@ import pytest
 import yaml
 
 from gcmae.cli import main
-from gcmae.config import ConfigError
+from gcmae.config import ConfigError, load_pretrain_config
 from gcmae.evaluate.replicate import load_replicate_config, replica_table, summarise
 
 TINY_PRETRAIN = {
@@ -51,7 +51,9 @@ def test_replicate_pretrains_each_method_and_seed_once(tmp_path, pcam_pair, caps
     # a second invocation reuses every run and evaluation
     assert main(["replicate", "--config", str(config)]) == 0
     again = json.loads((out / "replica.json").read_text())
-    assert all(v == 0.0 for k, v in again["timings_s"].items() if k.startswith("pretrain/"))
+    finished = json.loads((out / "pretrain" / "mae-seed1" / "finished.json").read_text())
+    assert again["timings_s"]["pretrain/mae-seed1"] == finished["seconds"] == payload["timings_s"]["pretrain/mae-seed1"]
+    assert again["wall_s"] < payload["wall_s"]  # nothing trained again
     assert again["summary"] == payload["summary"]
 
 
@@ -76,3 +78,13 @@ def test_bad_configs_are_named(tmp_path, pcam_pair):
     config = write_configs(tmp_path, pcam_pair, epochs=3)
     with pytest.raises(ConfigError, match="unknown config key"):
         load_replicate_config(config)
+
+
+@pytest.mark.parametrize("name", ["pcam_cpu.yaml", "pcam_vitb_gpu.yaml"])
+def test_shipped_replicate_configs_load(name):
+    from tests.conftest import REPO
+
+    cfg = load_replicate_config(REPO / "configs" / "replicate" / name)
+    assert cfg.seeds == [0, 1, 2] and set(cfg.methods) == {"gcmae", "mae", "contrast_only"}
+    pretrain = load_pretrain_config(REPO / cfg.pretrain_config, cfg.pretrain_overrides + cfg.methods["mae"])
+    assert pretrain.loss.contrast_weight == 0 and pretrain.model.mask_ratio == 0.5
