@@ -6,6 +6,7 @@ import pytest
 
 from gcmae.cli import main
 from gcmae.config import ConfigError
+from gcmae.data.datasets import EmptyDatasetError
 from gcmae.evaluate.protocols import EvalSet
 from gcmae.evaluate.transfer import EvalConfig, ModelSpec, TransferConfig, run_transfer
 from tests.evaluate.conftest import copy_subset
@@ -73,3 +74,22 @@ def test_missing_eval_folder_and_no_models_are_named(tmp_path, pcam_pair):
     cfg.eval.eval_sets = []
     with pytest.raises(ConfigError, match="no evaluation sets"):
         run_transfer(cfg)
+
+
+def test_wrong_architecture_empty_folder_and_class_mismatch_are_named(tmp_path, pcam_pair, crc_small,
+                                                                        trained_checkpoint):
+    sets = [EvalSet("pcam", str(pcam_pair[0]), str(pcam_pair[1]))]
+    wrong = TransferConfig(str(tmp_path / "a"), [ModelSpec("m", str(trained_checkpoint), encoder="vit_small")],
+                           EvalConfig(eval_sets=sets, device="cpu", cache_dir=""))
+    with pytest.raises(ValueError, match="vit_tiny.*--encoder vit_small"):
+        run_transfer(wrong)
+    mismatch = TransferConfig(str(tmp_path / "b"), [ModelSpec("m", "random", encoder="vit_tiny", img_size=32,
+                                                              patch_size=8)],
+                              EvalConfig(eval_sets=[EvalSet("x", str(pcam_pair[0]), str(crc_small))], device="cpu",
+                                         cache_dir=""))
+    with pytest.raises(ValueError, match="class sets differ"):
+        run_transfer(mismatch)
+    (tmp_path / "empty" / "a").mkdir(parents=True)
+    mismatch.eval.eval_sets = [EvalSet("e", str(tmp_path / "empty"))]
+    with pytest.raises(EmptyDatasetError, match="no usable images in .*empty"):
+        run_transfer(mismatch)
