@@ -25,12 +25,18 @@ def _pretrain(args: argparse.Namespace) -> int:
 
 
 def _tile(args: argparse.Namespace) -> int:
-    from gcmae.slide.tiling import tile_slides
+    from gcmae.slide.batch import tile_slides
 
     summary = tile_slides(Path(args.input), Path(args.out), tile_size=args.tile_size, mpp=args.mpp,
-                          min_tissue=args.min_tissue, slide_mpp=args.slide_mpp)
+                          min_tissue=args.min_tissue, slide_mpp=args.slide_mpp, magnification=args.magnification,
+                          overlap=args.overlap, remove_pen=args.remove_pen, export_png=args.export_png,
+                          workers=args.workers, overwrite=args.overwrite, mask_size=args.mask_size)
+    rate = f", {summary.tiles_written / summary.seconds:.0f} tiles/s" if summary.seconds > 0 else ""
     print(f"tiled {summary.slides_done} slide(s), skipped {summary.slides_skipped} finished, "
-          f"{len(summary.failures)} failed; {summary.tiles_written} tiles in {args.out}")
+          f"{summary.slides_busy} busy elsewhere, {len(summary.failures)} failed; {summary.tiles_written} tiles "
+          f"in {summary.seconds:.1f} s{rate}; outputs in {args.out} (summary.json, tiling_config.yaml)")
+    for path, reason in summary.warnings:
+        print(f"  warning: {path}: {reason}")
     for path, reason in summary.failures:
         print(f"  failed: {path}: {reason}")
     return 1 if summary.failures and not (summary.slides_done or summary.slides_skipped) else 0
@@ -83,14 +89,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.epochs=10 data.batch_size=64")
     p.set_defaults(func=_pretrain)
 
-    p = sub.add_parser("tile", help="tissue mask + tile grid for one slide or a folder of slides")
+    p = sub.add_parser("tile", help="tissue mask + tile coordinates (coords.h5) for one slide or a folder of slides")
     p.add_argument("input", help="a slide file or a folder of slides")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--tile-size", type=int, default=224)
-    p.add_argument("--mpp", type=float, default=None, help="target microns per pixel (default: level 0)")
+    p.add_argument("--out", required=True, help="job folder: one sub-folder per slide")
+    p.add_argument("--tile-size", type=int, default=224, help="output tile side in px")
+    res = p.add_mutually_exclusive_group()
+    res.add_argument("--mpp", type=float, default=None, help="target microns per pixel (default: level 0)")
+    res.add_argument("--magnification", type=float, default=None,
+                     help="target objective magnification, e.g. 20 (needs openslide.objective-power)")
     p.add_argument("--slide-mpp", type=float, default=None,
                    help="the slide's own level-0 microns per pixel, for slides whose metadata lacks it")
+    p.add_argument("--overlap", type=int, default=0, help="px (of the output tile) shared by neighbouring tiles")
     p.add_argument("--min-tissue", type=float, default=0.5, help="minimum tissue fraction of a kept tile")
+    p.add_argument("--remove-pen", action="store_true", help="remove red/green/blue marker ink from the tissue mask")
+    p.add_argument("--export-png", action="store_true", help="also write every kept tile as tiles/x{X}_y{Y}.png")
+    p.add_argument("--workers", type=int, default=1, help="slides tiled in parallel (processes)")
+    p.add_argument("--mask-size", type=int, default=2048,
+                   help="longest side of the thumbnail the tissue mask is made on")
+    p.add_argument("--overwrite", action="store_true", help="redo finished slides (and allow new settings)")
     p.set_defaults(func=_tile)
 
     p = sub.add_parser("check-data", help="check every image under a folder; exit code 1 if any is rejected")

@@ -12,7 +12,7 @@ import torch
 from gcmae.config import load_pretrain_config
 from gcmae.evaluate.knn_report import KNNResult, knn_on_folders
 from gcmae.io.atomic import write_text_atomic
-from gcmae.slide.tiling import tile_slides
+from gcmae.slide.batch import tile_slides
 from gcmae.train.module import build_model
 from gcmae.train.pretrain import run_pretrain
 from gcmae.viz.curves import read_metrics
@@ -29,7 +29,8 @@ def run_demo(config: str | Path, out_dir: str | Path, data_root: str | Path = "d
 
     log.info("1/4 tiling the shipped slides")
     t0 = time.time()
-    tiling = tile_slides(data_root / "slides", out_dir / "tiles", tile_size=224, mpp=None, min_tissue=0.5)
+    tiling = tile_slides(data_root / "slides", out_dir / "tiles", tile_size=224, mpp=None, min_tissue=0.5,
+                         export_png=True)
     timings["tiling_s"] = time.time() - t0
 
     log.info("2/4 pretraining GCMAE")

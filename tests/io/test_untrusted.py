@@ -107,9 +107,9 @@ def test_slide_names_cannot_escape_the_output_folder(tmp_path: Path) -> None:
     src.mkdir()
     shutil.copy(CMU, src / "case\\..\\..\\escape.svs")  # a legal file name on POSIX
     summary = tile_slides(src, out, tile_size=1024, mask_size=256, progress=False)
-    assert summary.slides_done == 1 and (out / "escape" / "coords.csv").is_file()
+    assert summary.slides_done == 1 and (out / "escape" / "coords.h5").is_file()
     result = tile_slide(CMU, out, tile_size=1024, mask_size=256, name="../../outside", progress=False)
-    assert result.out_dir == out / "outside" and (out / "outside" / "coords.csv").is_file()
+    assert result.out_dir == out / "outside" and (out / "outside" / "coords.h5").is_file()
     created = [p for p in tmp_path.rglob("*") if p.is_file()]
     assert all(p.is_relative_to(src) or p.is_relative_to(out) for p in created)
 

@@ -6,6 +6,7 @@ killed is never taken as finished, and its stale lock (dead pid) is taken over b
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import socket
 import subprocess
@@ -17,23 +18,37 @@ from pathlib import Path
 import pytest
 
 from gcmae.io.paths import claim, try_claim
+from gcmae.slide.coords import read_coords_h5
 from gcmae.slide.tiling import tile_slide, tile_slides
 from tests.conftest import REPO, SAMPLES
 
 CMU = SAMPLES / "slides" / "cmu-1-small-region.svs"
-OPTS = {"tile_size": 512, "mask_size": 512, "progress": False}
+OPTS = {"tile_size": 512, "mask_size": 512, "export_png": True, "progress": False}
+JOB_FILES = ["failures.csv", "summary.json", "tiling_config.yaml"]
+
+
+def outputs(slide_dir: Path) -> dict[str, object]:
+    """Every output file of a slide, relative path -> bytes; coords.h5 as its content, without what differs
+    between two runs of the same slide (creation time, slide path and name)."""
+    found: dict[str, object] = {}
+    for p in sorted(slide_dir.rglob("*")):
+        if p.name == "coords.h5":
+            t = read_coords_h5(p)
+            attrs = {k: "nan" if isinstance(v, float) and math.isnan(v) else v  # nan != nan
+                     for k, v in t.attrs.items() if k != "created"}
+            found[p.name] = (t.grid, t.coords.tolist(), t.tissue_fraction.tolist(), t.slide_mpp, t.dimensions,
+                             sorted(attrs.items()))
+        elif p.is_file():
+            found[str(p.relative_to(slide_dir))] = p.read_bytes()
+    return found
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
-    """Every output file of the CMU slide tiled alone, relative path -> bytes."""
+def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    """Every output of the CMU slide tiled alone."""
     result = tile_slide(CMU, tmp_path_factory.mktemp("reference"), name="ref", **OPTS)
     assert result.n_tiles > 3
-    return {str(p.relative_to(result.out_dir)): p.read_bytes() for p in result.out_dir.rglob("*") if p.is_file()}
-
-
-def _outputs(slide_dir: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(slide_dir)): p.read_bytes() for p in slide_dir.rglob("*") if p.is_file()}
+    return outputs(result.out_dir)
 
 
 def _slides(folder: Path, names: list[str]) -> Path:
@@ -55,7 +70,7 @@ KILLED_TILING = textwrap.dedent("""
     sys.path.insert(0, {repo!r})
     import gcmae.slide.tiling as tiling
 
-    first_done, real_save, saved = Path({out!r}) / "a" / "coords.csv", tiling._save_png, []
+    first_done, real_save, saved = Path({out!r}) / "a" / "coords.h5", tiling._save_png, []
     def save_then_die(image, path):
         real_save(image, path)
         if first_done.exists() and path.parent.name == "tiles":
@@ -63,18 +78,18 @@ KILLED_TILING = textwrap.dedent("""
             if len(saved) == 2:  # slide b is half written: die without any clean-up
                 os.kill(os.getpid(), signal.SIGKILL)
     tiling._save_png = save_then_die
-    tiling.tile_slides({src!r}, {out!r}, tile_size=512, mask_size=512, progress=False)
+    tiling.tile_slides({src!r}, {out!r}, tile_size=512, mask_size=512, export_png=True, progress=False)
 """)
 
 
-def test_killed_folder_run_is_completed_by_a_rerun(tmp_path: Path, reference: dict[str, bytes]) -> None:
+def test_killed_folder_run_is_completed_by_a_rerun(tmp_path: Path, reference: dict[str, object]) -> None:
     src, out = _slides(tmp_path / "slides", ["a", "b", "c"]), tmp_path / "out"
     script = KILLED_TILING.format(repo=str(REPO / "src"), src=str(src), out=str(out))
     proc = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == -9, stderr[-2000:]
-    assert _outputs(out / "a") == reference  # finished before the kill
-    assert not (out / "b" / "coords.csv").exists() and len(list((out / "b" / "tiles").glob("*.png"))) == 2
+    assert outputs(out / "a") == reference  # finished before the kill
+    assert not (out / "b" / "coords.h5").exists() and len(list((out / "b" / "tiles").glob("*.png"))) == 2
     assert not (out / "c").exists()
     assert (out / ".b.lock").read_text().split()[0] == str(proc.pid)  # stale: its owner is dead
     finished_a = {p: p.stat().st_mtime_ns for p in (out / "a").rglob("*")}
@@ -83,34 +98,34 @@ def test_killed_folder_run_is_completed_by_a_rerun(tmp_path: Path, reference: di
 
     assert (summary.slides_done, summary.slides_skipped, summary.slides_busy, summary.failures) == (2, 1, 0, [])
     for name in ("a", "b", "c"):
-        assert _outputs(out / name) == reference, name
+        assert outputs(out / name) == reference, name
     assert {p: p.stat().st_mtime_ns for p in finished_a} == finished_a  # not redone
-    assert sorted(p.name for p in out.iterdir()) == ["a", "b", "c", "failures.csv"]  # no lock, no temp file
+    assert sorted(p.name for p in out.iterdir()) == ["a", "b", "c", *JOB_FILES]  # no lock, no temp file
 
 
 TILING_WORKER = textwrap.dedent("""
     import json, sys, time
     from pathlib import Path
     sys.path.insert(0, {repo!r})
-    import gcmae.slide.tiling as tiling
+    import gcmae.slide.batch as batch
 
-    done, real_tile_slide = [], tiling.tile_slide
+    done, real_tile_slide = [], batch.tile_slide
     def recording_tile_slide(path, *args, **kwargs):
         result = real_tile_slide(path, *args, **kwargs)
         if not result.skipped:
             done.append(Path(path).stem)
         return result
-    tiling.tile_slide = recording_tile_slide
+    batch.tile_slide = recording_tile_slide
     Path({ready!r}).touch()
     while not Path({go!r}).exists():
         time.sleep(0.005)
-    s = tiling.tile_slides({src!r}, {out!r}, tile_size=512, mask_size=512, progress=False)
+    s = batch.tile_slides({src!r}, {out!r}, tile_size=512, mask_size=512, export_png=True, progress=False)
     print(json.dumps({{"done": done, "skipped": s.slides_skipped, "busy": s.slides_busy,
                       "failures": len(s.failures)}}))
 """)
 
 
-def test_two_processes_tile_each_slide_exactly_once(tmp_path: Path, reference: dict[str, bytes]) -> None:
+def test_two_processes_tile_each_slide_exactly_once(tmp_path: Path, reference: dict[str, object]) -> None:
     names = ["a", "b", "c", "d", "e"]
     src, out, go = _slides(tmp_path / "slides", names), tmp_path / "out", tmp_path / "go"
     workers = []
@@ -135,8 +150,8 @@ def test_two_processes_tile_each_slide_exactly_once(tmp_path: Path, reference: d
     assert all(r["failures"] == 0 for r in results)
     assert all(len(r["done"]) + r["skipped"] + r["busy"] == len(names) for r in results)
     for name in names:
-        assert _outputs(out / name) == reference, name
-    assert sorted(p.name for p in out.iterdir()) == [*names, "failures.csv"]
+        assert outputs(out / name) == reference, name
+    assert sorted(p.name for p in out.iterdir()) == [*names, *JOB_FILES]
 
 
 def test_slide_claimed_by_a_live_process_is_left_alone(tmp_path: Path) -> None:

@@ -47,6 +47,16 @@ def test_geometry_matches_tiff_tags(path: Path) -> None:
         assert slide.level_downsamples == pytest.approx(expected_ds, rel=1e-3)
 
 
+def test_objective_power_matches_the_svs_description() -> None:
+    with tifffile.TiffFile(CMU) as tif:
+        app_mag = float(re.search(r"\|AppMag = ([0-9.]+)", tif.pages[0].description).group(1))
+    with tifffile.TiffFile(TCGA) as tif:
+        assert "AppMag" not in tif.pages[0].description
+    with open_slide(CMU) as cmu, open_slide(TCGA) as tcga:
+        assert cmu.objective_power == app_mag == 20.0
+        assert tcga.objective_power is None
+
+
 def test_known_values() -> None:
     with open_slide(CMU) as cmu, open_slide(TCGA) as tcga:
         assert cmu.dimensions == (2220, 2967) and cmu.level_count == 1

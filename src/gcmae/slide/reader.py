@@ -48,6 +48,15 @@ def _parse_hex_color(value: str | None) -> tuple[int, int, int]:
         return (255, 255, 255)
 
 
+def _positive_float(value: str | None) -> float | None:
+    """A metadata property as a finite positive float, else None."""
+    try:
+        number = float(value) if value is not None else None
+    except ValueError:
+        return None
+    return number if number is not None and math.isfinite(number) and number > 0 else None
+
+
 class SlideReader:
     """Common interface; use :func:`open_slide` to obtain one."""
 
@@ -74,6 +83,11 @@ class SlideReader:
     def mpp(self) -> float | None:
         """Microns per level-0 pixel (``openslide.mpp-x``), or None when unknown."""
         raise NotImplementedError
+
+    @property
+    def objective_power(self) -> float | None:
+        """Scanner objective magnification of level 0 (``openslide.objective-power``, e.g. 20 or 40), or None."""
+        return None
 
     def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> Image.Image:
         """Read ``size`` (w, h) pixels at ``level`` whose top-left is ``location`` in level-0
@@ -130,12 +144,11 @@ class OpenSlideReader(SlideReader):
 
     @property
     def mpp(self) -> float | None:
-        value = self._slide.properties.get(openslide.PROPERTY_NAME_MPP_X)
-        try:
-            mpp = float(value) if value is not None else None
-        except ValueError:
-            return None
-        return mpp if mpp is not None and math.isfinite(mpp) and mpp > 0 else None
+        return _positive_float(self._slide.properties.get(openslide.PROPERTY_NAME_MPP_X))
+
+    @property
+    def objective_power(self) -> float | None:
+        return _positive_float(self._slide.properties.get(openslide.PROPERTY_NAME_OBJECTIVE_POWER))
 
     def _read_error(self, exc: Exception) -> SlideReadError:
         return SlideReadError(f"cannot read slide {self.path.name}: corrupt or unreadable image data ({exc})")
