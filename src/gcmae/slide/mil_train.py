@@ -1,0 +1,290 @@
+"""`gcmae mil train`: fit gated-attention MIL on per-slide feature bags with slide labels from a CSV.
+
+Stratified, seeded train/validation split of the slides; class-weighted cross-entropy; AdamW; one bag per step
+(bags differ in size); early stopping on the validation loss (or AUC); the best weights are saved atomically
+whenever they improve, and ``config.json`` is written last with everything `gcmae mil predict` and
+`gcmae diagnose` need: classes, architecture, and the encoder + tile geometry that made the features.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.model_selection import train_test_split
+from tqdm import tqdm
+
+from gcmae.evaluate.common import resolve_device
+from gcmae.evaluate.metrics import classification_metrics
+from gcmae.evaluate.report import metrics_table
+from gcmae.io.atomic import write_bytes_atomic, write_text_atomic
+from gcmae.seeding import derive_seed
+from gcmae.slide.bags import MATCH_KEYS, Bag, find_bags, load_bag, read_labels_csv, sorted_classes
+from gcmae.slide.mil import CONFIG_FILE, FORMAT, MODEL_FILE, ABMILConfig, GatedABMIL, MILModel, load_mil_model, \
+    save_weights
+from gcmae.slide.tile_classifier import load_tile_classifier
+
+log = logging.getLogger(__name__)
+
+ENCODER_KEYS = ("weights_id", "checkpoint", "checkpoint_sha256", "encoder", "patch_size", "img_size", "pool",
+                "feature_dim", "mean", "std", "seed", "encoder_description", "tag")
+TILE_KEYS = ("tile_size", "tile_mpp", "level", "read_size", "step", "extent")
+CLASSIFIER_DIR = "tile_classifier"
+
+
+@dataclass
+class MILTrainOptions:
+    features: str  # a JOB_DIR of gcmae extract, or a folder of per-slide .h5/.npz/.pt bags
+    labels: str  # CSV slide_id,label
+    out: str
+    tag: str | None = None  # which features_<tag>.h5 of a JOB_DIR, when slides have several
+    hidden_dim: int = 128
+    attn_dim: int = 128
+    dropout: float = 0.25
+    lr: float = 2e-4
+    weight_decay: float = 1e-4
+    epochs: int = 50
+    patience: int = 10  # epochs without improvement of the monitored value before stopping
+    monitor: str = "loss"  # "loss" (validation loss) or "auc" (validation AUC)
+    val_fraction: float = 0.25  # 0: no validation, the last epoch is kept
+    max_tiles: int | None = None  # a random subset of at most this many tiles per bag and training step
+    seed: int = 0
+    device: str = "auto"
+    skip_missing: bool = False  # slides of the CSV without a bag are skipped instead of an error
+    tile_mpp: float | None = None  # for bags that do not record their tiling (e.g. generic folders)
+    tile_size: int | None = None
+    tile_classifier: str | None = None  # copied into the model folder for gcmae diagnose
+    overwrite: bool = False
+    cpu_threads: int | None = 1  # MIL steps are tiny: one thread avoids thread-pool overhead (~1 vs 3 ms/step)
+
+
+def _load_labelled_bags(opts: MILTrainOptions, progress: bool = True) -> tuple[list[Bag], list[str]]:
+    labels = read_labels_csv(opts.labels)
+    paths = find_bags(opts.features, opts.tag)
+    missing = sorted(set(labels) - set(paths))
+    if missing and not opts.skip_missing:
+        raise FileNotFoundError(f"{opts.labels}: {len(missing)} slide(s) have no bag in {opts.features}: "
+                                f"{', '.join(missing[:10])}{' …' if len(missing) > 10 else ''} "
+                                f"(--skip-missing to train without them)")
+    if missing:
+        log.warning("skipping %d labelled slide(s) without a bag: %s", len(missing), ", ".join(missing[:10]))
+    unlabelled = sorted(set(paths) - set(labels))
+    if unlabelled:
+        log.info("%d bag(s) have no label and are not used", len(unlabelled))
+    ids = sorted(set(paths) & set(labels))
+    bags = [load_bag(paths[i], slide_id=i)
+            for i in tqdm(ids, desc="loading bags", unit="bag", leave=False, disable=not progress)]
+    if not bags:
+        raise ValueError(f"no labelled bags: no slide id of {opts.labels} has a bag in {opts.features}")
+    return bags, [labels[b.slide_id] for b in bags]
+
+
+def _common_record(bags: list[Bag], opts: MILTrainOptions) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(encoder record, tile geometry) shared by every bag; an error naming the first bag that differs."""
+    dims = {b.dim for b in bags}
+    if len(dims) > 1:
+        odd = next(b for b in bags if b.dim != bags[0].dim)
+        raise ValueError(f"bags differ in feature size: {bags[0].path} has {bags[0].dim}, {odd.path} has {odd.dim}")
+    ref = next((b for b in bags if "weights_id" in b.attrs), None)
+    if ref is None:
+        log.warning("the bags record no encoder: gcmae diagnose cannot use this model (mil predict can)")
+        record: dict[str, Any] = {}
+    else:
+        record = {k: ref.attrs[k] for k in ENCODER_KEYS if k in ref.attrs}
+        for b in bags:
+            diff = [k for k in MATCH_KEYS if b.attrs.get(k) != ref.attrs.get(k)]
+            if diff:
+                raise ValueError(f"{b.path} and {ref.path} come from different encoders or settings "
+                                 f"({', '.join(f'{k}: {b.attrs.get(k)!r} vs {ref.attrs.get(k)!r}' for k in diff)})")
+    tiles = {k: ref.attrs.get(k) for k in TILE_KEYS} if ref is not None else {}
+    for key, value in (("tile_mpp", opts.tile_mpp), ("tile_size", opts.tile_size)):
+        if value is not None:
+            if tiles.get(key) is not None and tiles[key] != value:
+                raise ValueError(f"--{key.replace('_', '-')} {value} contradicts the features' {key} {tiles[key]}")
+            tiles[key] = value
+    return record, tiles
+
+
+def _split(ids: list[str], y: np.ndarray, classes: list[str], frac: float, seed: int) -> tuple[list[int], list[int]]:
+    idx = list(range(len(ids)))
+    if frac <= 0:
+        return idx, []
+    counts = np.bincount(y, minlength=len(classes))
+    if (counts < 2).any():
+        few = [f"{c} ({n})" for c, n in zip(classes, counts) if n < 2]
+        raise ValueError(f"a stratified validation split needs >= 2 slides per class; too few: {', '.join(few)} "
+                         f"(use --val-fraction 0 to train without validation)")
+    n_val = max(len(classes), int(round(frac * len(ids))))
+    if len(ids) - n_val < len(classes):
+        raise ValueError(f"{len(ids)} slides are too few for a validation fraction of {frac}")
+    train, val = train_test_split(idx, test_size=n_val, stratify=y, random_state=seed)
+    return sorted(train), sorted(val)
+
+
+@torch.no_grad()
+def _evaluate(model: GatedABMIL, xs: list[torch.Tensor], y: np.ndarray, weight: torch.Tensor,
+              classes: list[str]) -> tuple[float, dict[str, Any]]:
+    model.eval()
+    logits = torch.stack([model(x)[0] for x in xs])
+    target = torch.as_tensor(y, device=logits.device)
+    loss = float(F.cross_entropy(logits, target, weight=weight))
+    return loss, classification_metrics(y, torch.softmax(logits, 1).cpu().numpy(), classes)
+
+
+def _settings(opts: MILTrainOptions) -> dict[str, Any]:
+    s = asdict(opts)
+    for key in ("overwrite", "device", "cpu_threads"):
+        s.pop(key)
+    return s
+
+
+def _already_trained(out: Path, settings: dict[str, Any]) -> bool:
+    cfg = out / CONFIG_FILE
+    if not cfg.is_file():
+        return False
+    try:
+        old = json.loads(cfg.read_text()).get("settings")
+    except ValueError:
+        return False
+    if old != settings:
+        raise FileExistsError(f"{out} holds a MIL model trained with other settings; use --overwrite or another "
+                              f"--out")
+    return True
+
+
+def train_mil(opts: MILTrainOptions, progress: bool = True) -> MILModel:
+    """Train, save to opts.out, return the best model; an existing finished folder with the same settings is
+    returned as it is (re-runs do not retrain)."""
+    out, settings = Path(opts.out), _settings(opts)
+    if opts.monitor not in ("loss", "auc"):
+        raise ValueError(f"--monitor must be loss or auc, got {opts.monitor!r}")
+    if not opts.overwrite and _already_trained(out, settings):
+        log.info("%s already holds this model; not retraining", out)
+        return load_mil_model(out)
+    bags, labels = _load_labelled_bags(opts, progress)
+    record, tiles = _common_record(bags, opts)
+    classes = sorted_classes(labels)
+    y = np.array([classes.index(label) for label in labels])
+    ids = [b.slide_id for b in bags]
+    tr, va = _split(ids, y, classes, opts.val_fraction, opts.seed)
+    clf = load_tile_classifier(opts.tile_classifier) if opts.tile_classifier else None
+    if clf is not None and record and clf.meta["features"].get("weights_id") != record.get("weights_id"):
+        raise ValueError(f"{opts.tile_classifier} was fitted on features of {clf.meta['features'].get('checkpoint')}, "
+                         f"the bags come from {record.get('checkpoint')}")
+    device = resolve_device(opts.device)
+    xs = [torch.from_numpy(b.features).to(device) for b in bags]
+    arch = ABMILConfig(bags[0].dim, len(classes), opts.hidden_dim, opts.attn_dim, opts.dropout)
+    counts = np.bincount(y[tr], minlength=len(classes))
+    if (counts == 0).any():
+        raise ValueError(f"the training slides lack a class: counts {dict(zip(classes, counts.tolist()))}")
+    weight = torch.tensor(len(tr) / (len(classes) * counts), dtype=torch.float32, device=device)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / CONFIG_FILE).unlink(missing_ok=True)  # an unfinished folder never looks finished
+    history: list[dict[str, Any]] = []
+    with torch.random.fork_rng(devices=[]), _threads(opts.cpu_threads if device.type == "cpu" else None):
+        torch.manual_seed(opts.seed)
+        model = GatedABMIL(arch).to(device)
+        optim = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay, fused=True)
+        best, best_epoch, waited = None, -1, 0
+        for epoch in tqdm(range(opts.epochs), desc="mil epochs", unit="epoch", disable=not progress):
+            rng = np.random.default_rng(derive_seed(opts.seed, epoch))
+            model.train()
+            losses = []
+            for i in rng.permutation(tr):
+                x = xs[i]
+                if opts.max_tiles and len(x) > opts.max_tiles:
+                    x = x[torch.from_numpy(rng.choice(len(x), opts.max_tiles, replace=False)).to(device)]
+                logits, _ = model(x)
+                loss = F.cross_entropy(logits[None], torch.tensor([y[i]], device=device), weight=weight)
+                optim.zero_grad(set_to_none=True)
+                loss.backward()
+                optim.step()
+                losses.append(loss.item())
+            row: dict[str, Any] = {"epoch": epoch, "train_loss": float(np.mean(losses))}
+            if va:
+                val_loss, m = _evaluate(model, [xs[i] for i in va], y[va], weight, classes)
+                row.update(val_loss=val_loss, val_auc=m["auc"], val_balanced_accuracy=m["balanced_accuracy"])
+                score = -val_loss if opts.monitor == "loss" else (m["auc"] or 0.0, -val_loss)
+            else:
+                score = epoch  # no validation: keep the last epoch
+            history.append(row)
+            _write_history(out / "history.csv", history)
+            if best is None or score > best:
+                best, best_epoch, waited = score, epoch, 0
+                save_weights(model, out / MODEL_FILE)
+            else:
+                waited += 1
+                if va and waited >= opts.patience:
+                    log.info("early stop at epoch %d: no better validation %s for %d epochs", epoch, opts.monitor,
+                             opts.patience)
+                    break
+    return _finish(opts, out, settings, arch, classes, ids, y, tr, va, xs, weight, best_epoch, history, record,
+                   tiles, clf is not None, len(bags))
+
+
+def _finish(opts: MILTrainOptions, out: Path, settings: dict[str, Any], arch: ABMILConfig, classes: list[str],
+            ids: list[str], y: np.ndarray, tr: list[int], va: list[int], xs: list[torch.Tensor],
+            weight: torch.Tensor, best_epoch: int, history: list[dict[str, Any]], record: dict[str, Any],
+            tiles: dict[str, Any], has_clf: bool, n_bags: int) -> MILModel:
+    """Metrics of the best weights, the tile classifier copy, config.json (last) and report.md."""
+    model = GatedABMIL(arch)
+    from safetensors.torch import load_file
+
+    model.load_state_dict(load_file(str(out / MODEL_FILE)))
+    model.to(xs[0].device)
+    results = {"train": _evaluate(model, [xs[i] for i in tr], y[tr], weight, classes)[1]}
+    if va:
+        results["validation"] = _evaluate(model, [xs[i] for i in va], y[va], weight, classes)[1]
+    if has_clf:
+        dst = out / CLASSIFIER_DIR
+        dst.mkdir(exist_ok=True)
+        for f in ("classifier.npz", "classifier.json"):
+            shutil.copyfile(Path(opts.tile_classifier) / f, dst / f)
+    config = {
+        "format": FORMAT, "version": 1, "model": asdict(arch), "classes": classes, "features": record,
+        "tiles": tiles, "settings": settings, "best_epoch": best_epoch, "epochs_run": len(history),
+        "split": {"train": [ids[i] for i in tr], "validation": [ids[i] for i in va]},
+        "metrics": results, "num_bags": n_bags, "tile_classifier": CLASSIFIER_DIR if has_clf else None,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    write_text_atomic(out / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
+    lines = [f"# ABMIL slide classifier ({', '.join(classes)})", "",
+             f"- features: {record.get('encoder_description', 'no encoder recorded')} (pool {record.get('pool')})",
+             f"- slides: {len(tr)} train, {len(va)} validation; best epoch {best_epoch} of {len(history)}",
+             f"- tiles: {tiles.get('tile_size')} px at {tiles.get('tile_mpp')} µm/px", "",
+             metrics_table(results), "", "Settings:", "", "```json", json.dumps(settings, indent=2), "```", ""]
+    write_text_atomic(out / "report.md", "\n".join(lines))
+    log.info("MIL model in %s: %s", out, {k: v.get("auc") for k, v in results.items()})
+    return load_mil_model(out)
+
+
+@contextmanager
+def _threads(n: int | None) -> Iterator[None]:
+    """torch's intra-op thread count set to `n` inside the block (unchanged for None), restored after."""
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _write_history(path: Path, rows: list[dict[str, Any]]) -> None:
+    keys = list(rows[0])
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=keys, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_bytes_atomic(path, buf.getvalue().encode())
