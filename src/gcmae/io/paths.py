@@ -67,7 +67,17 @@ def _pid_alive(pid: int) -> bool:
         return False
     except PermissionError:  # exists, owned by someone else
         return True
-    return True
+    return not _is_zombie(pid)
+
+
+def _is_zombie(pid: int) -> bool:
+    """A killed process whose parent has not reaped it (e.g. an orphaned worker under an init that does not reap)
+    still answers kill(pid, 0) but holds nothing."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:  # no procfs (macOS) or gone
+        return False
+    return stat.rpartition(")")[2].split()[:1] == ["Z"]
 
 
 def _stale_owner(lock: Path) -> str | None:
