@@ -1,5 +1,3 @@
-import shutil
-
 import pytest
 import torch
 

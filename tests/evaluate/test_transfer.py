@@ -9,7 +9,6 @@ from gcmae.config import ConfigError
 from gcmae.data.datasets import EmptyDatasetError
 from gcmae.evaluate.protocols import EvalSet
 from gcmae.evaluate.transfer import EvalConfig, ModelSpec, TransferConfig, run_transfer
-from tests.evaluate.conftest import copy_subset
 
 CRC_CLASSES = ("ADI", "LYM", "TUM")
 

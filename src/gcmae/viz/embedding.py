@@ -15,7 +15,7 @@ from threadpoolctl import threadpool_limits  # noqa: E402
 
 from gcmae.io.atomic import atomic_path  # noqa: E402
 
-PCA_DIMS = 50  # reduce wide features first, as is usual before t-SNE
+PCA_DIMS = 50
 METHODS = ("tsne", "umap")
 
 
@@ -26,13 +26,19 @@ def subsample(num_items: int, max_items: int, seed: int = 0) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(num_items, size=max_items, replace=False))
 
 
-def tsne_2d(features: np.ndarray, seed: int = 0, perplexity: float = 30.0) -> np.ndarray:
-    """(N, 2) t-SNE coordinates (PCA to 50 dimensions first when wider; perplexity capped for small N)."""
+def _reduced(features: np.ndarray, method: str, seed: int) -> np.ndarray:
+    """float32 features, PCA-reduced to 50 dimensions when wider (as is usual before t-SNE / UMAP)."""
     x = np.asarray(features, dtype=np.float32)
     if x.shape[0] < 4:
-        raise ValueError(f"t-SNE needs at least 4 images, got {x.shape[0]}")
+        raise ValueError(f"{method} needs at least 4 images, got {x.shape[0]}")
     if x.shape[1] > PCA_DIMS and x.shape[0] > PCA_DIMS:
         x = PCA(n_components=PCA_DIMS, random_state=seed).fit_transform(x)
+    return x
+
+
+def tsne_2d(features: np.ndarray, seed: int = 0, perplexity: float = 30.0) -> np.ndarray:
+    """(N, 2) t-SNE coordinates (PCA to 50 dimensions first when wider; perplexity capped for small N)."""
+    x = _reduced(features, "t-SNE", seed)
     perplexity = min(perplexity, (x.shape[0] - 1) / 3)
     tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", learning_rate="auto", random_state=seed)
     # one OpenMP thread: next to torch's own OpenMP pool, scikit-learn's Barnes-Hut loop was 3-10x slower with more
@@ -44,11 +50,7 @@ def umap_2d(features: np.ndarray, seed: int = 0, n_neighbors: int = 15) -> np.nd
     """(N, 2) UMAP coordinates (cosine metric; PCA to 50 dimensions first when wider; seeded, so single-threaded)."""
     import umap  # imported here: numba compiles it on first import (~15 s)
 
-    x = np.asarray(features, dtype=np.float32)
-    if x.shape[0] < 4:
-        raise ValueError(f"UMAP needs at least 4 images, got {x.shape[0]}")
-    if x.shape[1] > PCA_DIMS and x.shape[0] > PCA_DIMS:
-        x = PCA(n_components=PCA_DIMS, random_state=seed).fit_transform(x)
+    x = _reduced(features, "UMAP", seed)
     reducer = umap.UMAP(n_components=2, n_neighbors=min(n_neighbors, x.shape[0] - 1), metric="cosine",
                         random_state=seed, n_jobs=1)
     return reducer.fit_transform(x)
