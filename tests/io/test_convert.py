@@ -3,6 +3,7 @@ import argparse
 import json
 import warnings
 
+import numpy as np
 import pytest
 import timm
 import torch
@@ -193,6 +194,11 @@ def test_truncated_files_are_refused(official_file, tmp_path):
         truncated.write_bytes(data[:cut])
         with pytest.raises(CheckpointError, match=rf"truncated_{cut}\.pth: truncated"):
             load_weights(truncated)
+    noise = tmp_path / "noise.pth"  # random bytes go to torch's legacy unpickler, which raises IndexError & co.
+    for seed in range(20):
+        noise.write_bytes(np.random.default_rng(seed).bytes(4096))
+        with pytest.raises(CheckpointError, match=r"noise\.pth: truncated, corrupt or not a torch file"):
+            load_weights(noise)
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{")
     with pytest.raises(CheckpointError, match="bad.safetensors"):

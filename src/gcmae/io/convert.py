@@ -98,7 +98,8 @@ def read_weights_file(path: str | Path) -> dict[str, Any]:
                 f"refusing to load {path}: it pickles Python objects beyond tensors and plain containers "
                 f"({', '.join(found)}), which could run code; weights-only loading did not execute them") from None
         raise CheckpointError(f"cannot read {path}: truncated, corrupt or not a torch file ({err})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
+    # random bytes reach the legacy (non-zip) unpickler, which fails with IndexError/KeyError/TypeError too
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, IndexError, KeyError, TypeError) as err:
         raise CheckpointError(f"cannot read {path}: truncated, corrupt or not a torch file ({err})") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: expected a dict of weights, got {type(obj).__name__}")
