@@ -41,3 +41,14 @@ def test_tile_a_corrupt_slide(tmp_path, capsys):
 def test_unknown_subcommand_exits():
     with pytest.raises(SystemExit):
         main(["frobnicate"])
+
+
+def test_repeated_calls_do_not_stack_log_handlers(tmp_path):
+    import logging
+
+    from gcmae.cli import main
+
+    before = len(logging.getLogger("gcmae").handlers)
+    for _ in range(3):
+        main(["check-data", str(tmp_path)])
+    assert len(logging.getLogger("gcmae").handlers) == before

@@ -144,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # one handler per call, removed afterwards: main() may run many times in one process (tests, notebooks)
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
     log.addHandler(handler)
@@ -153,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError, ValueError, OSError, FloatingPointError) as err:
         print(f"gcmae {args.command}: error: {err}", file=sys.stderr)
         return 2
+    finally:
+        log.removeHandler(handler)
 
 
 if __name__ == "__main__":
