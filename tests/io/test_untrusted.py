@@ -19,7 +19,8 @@ from gcmae.config import ConfigError, load_pretrain_config
 from gcmae.io.arrays import ArrayFileError, load_array_file
 from gcmae.io.checkpoints import CheckpointError, read_checkpoint
 from gcmae.io.paths import safe_name, unique_names
-from gcmae.slide.tiling import tile_slide, tile_slides
+from gcmae.slide.batch import tile_slides
+from gcmae.slide.tiling import tile_slide
 from gcmae.train.callbacks import AtomicCheckpointIO
 from tests.conftest import SAMPLES
 

@@ -19,7 +19,8 @@ import pytest
 
 from gcmae.io.paths import claim, try_claim
 from gcmae.slide.coords import read_coords_h5
-from gcmae.slide.tiling import tile_slide, tile_slides
+from gcmae.slide.batch import tile_slides
+from gcmae.slide.tiling import tile_slide
 from tests.conftest import REPO, SAMPLES
 
 CMU = SAMPLES / "slides" / "cmu-1-small-region.svs"
@@ -69,6 +70,7 @@ KILLED_TILING = textwrap.dedent("""
     from pathlib import Path
     sys.path.insert(0, {repo!r})
     import gcmae.slide.tiling as tiling
+    from gcmae.slide.batch import tile_slides
 
     first_done, real_save, saved = Path({out!r}) / "a" / "coords.h5", tiling._save_png, []
     def save_then_die(image, path):
@@ -78,7 +80,7 @@ KILLED_TILING = textwrap.dedent("""
             if len(saved) == 2:  # slide b is half written: die without any clean-up
                 os.kill(os.getpid(), signal.SIGKILL)
     tiling._save_png = save_then_die
-    tiling.tile_slides({src!r}, {out!r}, tile_size=512, mask_size=512, export_png=True, progress=False)
+    tile_slides({src!r}, {out!r}, tile_size=512, mask_size=512, export_png=True, progress=False)
 """)
 
 

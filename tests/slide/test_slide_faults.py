@@ -20,7 +20,8 @@ from PIL import Image
 
 import gcmae.slide.tiling as tiling
 from gcmae.slide.coords import read_coords_h5
-from gcmae.slide.tiling import tile_slide, tile_slides
+from gcmae.slide.batch import tile_slides
+from gcmae.slide.tiling import tile_slide
 from tests.conftest import SAMPLES
 
 CMU = SAMPLES / "slides" / "cmu-1-small-region.svs"  # 2220 x 2967, 0.499 µm/px

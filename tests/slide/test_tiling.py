@@ -16,6 +16,7 @@ import openslide
 import pytest
 from PIL import Image, ImageDraw
 
+from gcmae.slide.batch import tile_slides
 from gcmae.slide.coords import read_coords_h5
 from gcmae.slide.reader import SlideReadError, open_slide
 from gcmae.slide.tiling import (
@@ -23,7 +24,6 @@ from gcmae.slide.tiling import (
     MissingMPPError,
     SlideTilingResult,
     tile_slide,
-    tile_slides,
 )
 from gcmae.slide.tissue import slide_tissue_mask
 

@@ -271,11 +271,3 @@ def _tile_claimed(path: Path, slide_dir: Path, settings: dict[str, Any], progres
     return SlideTilingResult(slide=path, out_dir=slide_dir, skipped=False, tiles=tiles, grid=grid, tissue=tissue,
                              warning=warning)
 
-
-def __getattr__(name: str) -> Any:
-    """The multi-slide API moved to :mod:`gcmae.slide.batch`; kept importable from here."""
-    if name in ("tile_slides", "find_slides", "TilingSummary", "SLIDE_EXTENSIONS"):
-        from gcmae.slide import batch
-
-        return getattr(batch, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
