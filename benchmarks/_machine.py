@@ -1,8 +1,11 @@
-"""What the benchmarks print about the machine they ran on (shared by every benchmark script)."""
+"""What every benchmark script shares: what it prints about the machine it ran on, and how it exits."""
 from __future__ import annotations
 
 import os
 import platform
+import sys
+import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -21,3 +24,14 @@ def device_name(device: str | torch.device) -> str:
     except OSError:
         pass
     return f"cpu ({model}, {os.cpu_count()} logical cores)"
+
+
+def run_report(main: Callable[[], object]) -> None:
+    """Run a benchmark's `main` and exit 0 whatever happens: a benchmark is a report, not a test, so a crash is
+    printed (traceback + one line) and `run_all.py` goes on with the next script."""
+    try:
+        main()
+    except Exception as exc:  # noqa: BLE001
+        traceback.print_exc()
+        print(f"benchmark aborted: {type(exc).__name__}: {exc}")
+    sys.exit(0)

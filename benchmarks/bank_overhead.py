@@ -46,7 +46,7 @@ from gcmae.models.vit import ENCODER_PRESETS  # noqa: E402
 from gcmae.seeding import step_generator  # noqa: E402
 from gcmae.train.optim import build_adamw  # noqa: E402
 
-from _machine import device_name  # benchmarks/_machine.py (this folder is on sys.path when run as a script)
+from _machine import device_name, run_report  # benchmarks/_machine.py (this folder is on sys.path when run as a script)
 
 GOAL_PCT = 5.0
 PAPER_BATCH = 128
@@ -330,13 +330,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except KeyboardInterrupt:
-        raise
-    except Exception as exc:  # a report, not a test: say what went wrong, exit 0
-        import traceback
-
-        traceback.print_exc()
-        print(f"benchmark aborted: {type(exc).__name__}: {exc}")
-    sys.exit(0)
+    run_report(main)

@@ -39,7 +39,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.data import ConcatDataset, DataLoader, Subset  # noqa: E402
 
-from _machine import device_name  # noqa: E402
+from _machine import device_name, run_report  # noqa: E402
 
 GOAL_PCT = 90.0
 SLIDES = ((ROOT / "data/samples/slides/cmu-1-small-region.svs", None),
@@ -190,8 +190,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except Exception:  # noqa: BLE001
-        traceback.print_exc()
-        sys.exit(0)
+    run_report(main)

@@ -21,7 +21,6 @@ import statistics
 import sys
 import tempfile
 import time
-import traceback
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -33,7 +32,7 @@ if _SRC.is_dir() and str(_SRC) not in sys.path:
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from _machine import device_name  # noqa: E402
+from _machine import device_name, run_report  # noqa: E402
 
 PCAM = ROOT / "data" / "samples" / "pcam"
 
@@ -114,8 +113,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except Exception:  # noqa: BLE001
-        traceback.print_exc()
-        sys.exit(0)
+    run_report(main)

@@ -46,7 +46,7 @@ if _SRC.is_dir() and str(_SRC) not in sys.path:  # run from a checkout without a
 
 import torch  # noqa: E402
 
-from _machine import device_name  # benchmarks/_machine.py (this folder is on sys.path when run as a script)
+from _machine import device_name, run_report  # benchmarks/_machine.py (this folder is on sys.path when run as a script)
 
 CPU_GOAL_PCT = 50.0
 GPU_GOAL_PCT = 40.0
@@ -593,8 +593,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except Exception:  # noqa: BLE001
-        traceback.print_exc()
-    sys.exit(0)
+    run_report(main)

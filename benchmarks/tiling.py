@@ -34,7 +34,6 @@ import sys
 import tempfile
 import textwrap
 import time
-import traceback
 from collections.abc import Callable
 from pathlib import Path
 
@@ -47,7 +46,7 @@ if _SRC.is_dir() and str(_SRC) not in sys.path:  # run from a checkout without a
 import numpy as np  # noqa: E402
 import openslide  # noqa: E402
 
-from _machine import device_name  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from _machine import device_name, run_report  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 from gcmae.slide.batch import tile_slides  # noqa: E402
 from gcmae.slide.coords import read_coords_h5  # noqa: E402
 from gcmae.slide.reader import open_slide  # noqa: E402
@@ -245,8 +244,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except Exception:  # noqa: BLE001
-        traceback.print_exc()
-    sys.exit(0)
+    run_report(main)
