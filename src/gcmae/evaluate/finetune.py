@@ -39,8 +39,7 @@ from gcmae.evaluate.options import FinetuneOptions, settings
 from gcmae.evaluate.report import console_table, save_evaluation
 from gcmae.io.atomic import atomic_path, write_text_atomic
 from gcmae.train.callbacks import AtomicCheckpointIO
-from gcmae.train.pretrain import _keep_previous_metrics
-from gcmae.viz.curves import metrics_files
+from gcmae.viz.curves import keep_previous_metrics, metrics_files
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -203,7 +202,7 @@ def run_finetune(opts: FinetuneOptions, extra_callbacks: list[L.Callback] = ()) 
 
     last = out / "checkpoints" / "last.ckpt"
     if last.exists():
-        _keep_previous_metrics(out / "logs")
+        keep_previous_metrics(out / "logs")
         log.info("resuming from %s", last)
     trainer = _trainer(opts, out, device, len(train_loader), list(extra_callbacks))
     trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader,

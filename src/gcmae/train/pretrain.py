@@ -23,7 +23,7 @@ from gcmae.data.transforms import eval_transform, pretrain_transform
 from gcmae.io.atomic import write_text_atomic
 from gcmae.train.callbacks import AtomicCheckpointIO, KNNMonitor
 from gcmae.train.module import PretrainModule
-from gcmae.viz.curves import metrics_files, plot_curves
+from gcmae.viz.curves import keep_previous_metrics, metrics_files, plot_curves
 from gcmae.viz.reconstruction import plot_reconstructions
 
 log = logging.getLogger(__name__)
@@ -93,16 +93,6 @@ def _warn_config_change(saved: Path, cfg: PretrainConfig) -> None:
         log.warning("resuming with a config that differs from %s in: %s", saved, ", ".join(changed))
 
 
-def _keep_previous_metrics(log_dir: Path) -> None:
-    """Lightning's CSVLogger deletes an existing metrics.csv; keep it as metrics.partN.csv for the curves."""
-    current = log_dir / "metrics.csv"
-    if current.exists():
-        part = 0
-        while (log_dir / f"metrics.part{part}.csv").exists():
-            part += 1
-        current.rename(log_dir / f"metrics.part{part}.csv")
-
-
 def make_strategy(cfg: PretrainConfig) -> str | Strategy:
     """DDP without buffer broadcasting: every rank applies the same memory-bank update itself, so re-sending the
     whole bank (N x D floats) from rank 0 at every step would only cost time."""
@@ -141,7 +131,7 @@ def run_pretrain(cfg: PretrainConfig, resume: bool = True, extra_callbacks: Sequ
         _warn_config_change(config_file, cfg)
     write_text_atomic(config_file, dump_yaml(cfg))
     if ckpt_path:
-        _keep_previous_metrics(out_dir / "logs")
+        keep_previous_metrics(out_dir / "logs")
     if dataset.rejected:
         write_text_atomic(out_dir / "rejected_images.txt",
                           "".join(f"{path}\t{reason}\n" for path, reason in dataset.rejected))

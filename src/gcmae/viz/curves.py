@@ -13,6 +13,16 @@ import matplotlib.pyplot as plt  # noqa: E402
 from gcmae.io.atomic import atomic_path  # noqa: E402
 
 
+def keep_previous_metrics(log_dir: Path) -> None:
+    """Lightning's CSVLogger deletes an existing metrics.csv; keep it as metrics.partN.csv for the curves."""
+    current = log_dir / "metrics.csv"
+    if current.exists():
+        part = 0
+        while (log_dir / f"metrics.part{part}.csv").exists():
+            part += 1
+        current.rename(log_dir / f"metrics.part{part}.csv")
+
+
 def metrics_files(log_dir: Path) -> list[Path]:
     """A run's CSV logs in order: the parts kept across resumes, then the current file."""
     parts = sorted(log_dir.glob("metrics.part*.csv"), key=lambda p: int(p.stem.removeprefix("metrics.part")))
