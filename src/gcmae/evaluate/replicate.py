@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from gcmae.config import ConfigError, dump_yaml, from_dict, load_pretrain_config, load_yaml
+from gcmae.config import ConfigError, apply_overrides, dump_yaml, from_dict, load_pretrain_config, load_yaml
 from gcmae.evaluate.transfer import EvalConfig, ModelSpec, evaluate_model, rows_csv
 from gcmae.io.atomic import write_text_atomic
 from gcmae.train.pretrain import last_checkpoint, run_pretrain
@@ -42,8 +42,6 @@ class ReplicateConfig:
 
 
 def load_replicate_config(path: str | Path, overrides: list[str] | None = None) -> ReplicateConfig:
-    from gcmae.config import apply_overrides
-
     data = apply_overrides(load_yaml(path), overrides or [])
     try:
         cfg = from_dict(ReplicateConfig, data)
