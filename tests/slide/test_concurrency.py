@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import socket
 import subprocess
@@ -180,3 +181,37 @@ def test_stale_and_unwritten_locks(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(paths, "UNWRITTEN_LOCK_GRACE_S", 0.0)  # ... or died before writing its pid
     time.sleep(0.01)
     assert try_claim(lock)
+
+
+def test_a_claim_cut_short_leaves_no_empty_lock(tmp_path: Path, monkeypatch) -> None:
+    """A worker SIGKILLed while claiming must not leave an ownerless lock that makes the re-run skip the slide
+    as 'in progress elsewhere' (it did, in CI: the kill landed between creating the lock and writing the pid)."""
+    import gcmae.io.paths as paths
+
+    lock = tmp_path / ".x.lock"
+
+    class Killed(BaseException):
+        pass
+
+    def die(*args, **kwargs):
+        raise Killed
+
+    with monkeypatch.context() as patched:
+        patched.setattr(paths.os, "link", die)  # the last step of the claim
+        with pytest.raises(Killed):
+            try_claim(lock)
+    assert not lock.exists()
+    assert list(tmp_path.iterdir()) == []  # and an interrupted claim (Ctrl-C) tidies its private file
+    assert try_claim(lock)
+    assert lock.read_text() == f"{os.getpid()} {socket.gethostname()}"
+
+
+def test_files_left_by_a_claimer_killed_mid_claim_are_swept(tmp_path: Path) -> None:
+    lock, host = tmp_path / ".x.lock", socket.gethostname()
+    dead, other_host, alive = (tmp_path / f".x.lock.{host}.{_dead_pid()}.0a1b2c3d.tmp",
+                               tmp_path / f".x.lock.elsewhere.{_dead_pid()}.0a1b2c3d.tmp",
+                               tmp_path / f".x.lock.{host}.1.0a1b2c3d.stale")
+    for path in (dead, other_host, alive):
+        path.write_text("")
+    assert try_claim(lock)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([lock.name, other_host.name, alive.name])

@@ -1,12 +1,13 @@
 """Output paths from untrusted strings, and exclusive claims on outputs shared by several processes.
 
 ``safe_name`` turns a slide ID or label value into one harmless, readable file name. ``claim`` is a lock file
-created with ``O_CREAT | O_EXCL`` holding ``"<pid> <host>"``: one process at a time holds it; a lock left by a
-dead process on this host is taken over; a lock from another host is never taken over (its liveness cannot be
-checked), so a crashed remote job's lock must be deleted by hand (the warning names the file).
+created atomically (hard link, else ``O_CREAT | O_EXCL``) holding ``"<pid> <host>"``: one process at a time
+holds it; a lock left by a dead process on this host is taken over; a lock from another host is never taken over
+(its liveness cannot be checked), so a crashed remote job's lock must be deleted by hand (the warning names it).
 """
 from __future__ import annotations
 
+import glob
 import hashlib
 import os
 import re
@@ -96,10 +97,23 @@ def _stale_owner(lock: Path) -> str | None:
     return None if _pid_alive(pid) else text
 
 
+def _private(lock: Path, kind: str) -> Path:
+    """A file beside `lock` that only this process uses while claiming or breaking it."""
+    return lock.with_name(f"{lock.name}.{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:8]}.{kind}")
+
+
+def _sweep_private_files(lock: Path) -> None:
+    """Delete what processes on this host killed mid-claim left beside `lock`."""
+    for leftover in lock.parent.glob(f"{glob.escape(lock.name)}.*.*.*.*"):
+        owner, pid, _, kind = leftover.name[len(lock.name) + 1:].rsplit(".", 3)
+        if kind in ("tmp", "stale") and owner == socket.gethostname() and pid.isdigit() and not _pid_alive(int(pid)):
+            leftover.unlink(missing_ok=True)
+
+
 def _break(lock: Path, stale_text: str) -> None:
     """Remove `lock` if it still holds `stale_text`: move it aside atomically, and put it back if, in between,
     another process had replaced it with a live claim."""
-    aside = lock.with_name(f"{lock.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.stale")
+    aside = _private(lock, "stale")
     try:
         os.rename(lock, aside)
     except FileNotFoundError:
@@ -114,23 +128,42 @@ def _break(lock: Path, stale_text: str) -> None:
         aside.unlink(missing_ok=True)
 
 
+def _create_with_token(lock: Path) -> bool:
+    """Create `lock` already holding this process's token (True), or False if it exists. The token is written to
+    a private file first and hard-linked into place, so a process killed mid-claim never leaves an empty lock that
+    others would have to wait out. File systems without hard links fall back to O_EXCL + write."""
+    private = _private(lock, "tmp")
+    private.write_text(_token())
+    try:
+        os.link(private, lock)
+        return True
+    except FileExistsError:
+        return False
+    except OSError:  # no hard links here (some network or FUSE mounts)
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w") as fh:
+            fh.write(_token())
+        return True
+    finally:
+        private.unlink(missing_ok=True)
+
+
 def try_claim(lock: str | Path) -> bool:
     """Create `lock` exclusively (True), or False if a live process holds it; stale locks are taken over."""
     lock = Path(lock)
     for _ in range(3):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            stale = _stale_owner(lock)
-            if stale is None:
-                if lock.exists():
-                    return False
-                continue  # released between our attempts: try again
-            _break(lock, stale)
-            continue
-        with os.fdopen(fd, "w") as fh:
-            fh.write(_token())
-        return True
+        if _create_with_token(lock):
+            _sweep_private_files(lock)
+            return True
+        stale = _stale_owner(lock)
+        if stale is None:
+            if lock.exists():
+                return False
+            continue  # released between our attempts: try again
+        _break(lock, stale)
     return False
 
 
