@@ -7,6 +7,7 @@ import pytest
 from gcmae.cli import main
 from gcmae.config import ConfigError
 from gcmae.data.datasets import EmptyDatasetError
+from gcmae.evaluate import features, transfer
 from gcmae.evaluate.protocols import EvalSet
 from gcmae.evaluate.transfer import EvalConfig, ModelSpec, TransferConfig, run_transfer
 
@@ -31,7 +32,8 @@ def eval_config(pcam_pair, crc_small, tmp_path) -> EvalConfig:
                       knn_k=(5,), device="cpu", cache_dir=str(tmp_path / "cache"))
 
 
-def test_rows_for_every_model_set_and_protocol_and_reuse(tmp_path, pcam_pair, crc_small, trained_checkpoint):
+def test_rows_for_every_model_set_and_protocol_and_reuse(tmp_path, pcam_pair, crc_small, trained_checkpoint,
+                                                         monkeypatch):
     models = [ModelSpec("gcmae", str(trained_checkpoint), "pcam", 0),
               ModelSpec("random_init", "random", "none", 1, "vit_tiny", 32, 8)]
     cfg = TransferConfig(str(tmp_path / "out"), models, eval_config(pcam_pair, crc_small, tmp_path))
@@ -50,8 +52,12 @@ def test_rows_for_every_model_set_and_protocol_and_reuse(tmp_path, pcam_pair, cr
     assert run_transfer(cfg) == rows
     assert metrics.stat().st_mtime_ns == before  # reused, not recomputed
     cfg.eval.knn_k = (3,)  # other settings: evaluated again
+    hashed = []
+    for module in (transfer, features):
+        monkeypatch.setattr(module, "file_digest", lambda p, real=features.file_digest: hashed.append(p) or real(p))
     assert {r["protocol"] for r in run_transfer(cfg)} == {"knn_k3", "nn1", "logreg"}
     assert metrics.stat().st_mtime_ns != before
+    assert hashed == [str(trained_checkpoint)]  # the checkpoint is read once to hash it, not once per use
 
 
 def test_cli_writes_the_table(tmp_path, pcam_pair, crc_small, capsys):

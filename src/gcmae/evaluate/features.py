@@ -103,9 +103,11 @@ def _random_encoder(encoder: str | None, img_size: int | None, patch_size: int |
 
 def load_encoder(
     checkpoint: str | Path, encoder: str | None = None, img_size: int | None = None, patch_size: int | None = None,
-    seed: int = 0,
+    seed: int = 0, sha256: str | None = None,
 ) -> Encoder:
     """The model of `checkpoint` (or a random init for "random"), in eval mode on the CPU.
+
+    `sha256`: the checkpoint's digest when the caller already computed it (hashing a ViT-L file takes seconds).
 
     `encoder` / `patch_size`, when given, are expectations: a checkpoint with another architecture is an error.
     `img_size` defaults to the checkpoint's (position embeddings are interpolated for another size).
@@ -130,7 +132,7 @@ def load_encoder(
     mean = tuple(data.get("mean", PATHOLOGY_MEAN))
     std = tuple(data.get("std", PATHOLOGY_STD))
     size = img_size or weights.img_size
-    identity = {"sha256": file_digest(path), "patch_size": weights.patch_size}
+    identity = {"sha256": sha256 or file_digest(path), "patch_size": weights.patch_size}
     desc = f"{weights.kind} checkpoint {path} ({found}) at {size} px"
     return Encoder(model, mean, std, size, identity, desc, has_decoder=weights.decoder_state is not None)
 

@@ -102,7 +102,8 @@ def evaluate_model(spec: ModelSpec, cfg: EvalConfig, out_dir: Path) -> list[dict
         if saved.get("identity") == json.loads(json.dumps(identity)):
             log.info("%s: already evaluated (%s)", spec.tag, path)
             return saved["rows"]
-    encoder = load_encoder(spec.checkpoint, spec.encoder, spec.img_size, spec.patch_size, spec.seed)
+    encoder = load_encoder(spec.checkpoint, spec.encoder, spec.img_size, spec.patch_size, spec.seed,
+                           sha256=identity["weights"].get("sha256"))
     results = evaluate_encoder(encoder, cfg.eval_sets, cfg.protocol_settings(spec.seed), cfg.cache_dir or None,
                                cfg.batch_size, cfg.num_workers, resolve_device(cfg.device))
     rows = result_rows(results, pretrain_set=spec.pretrain_set, method=spec.method, seed=spec.seed)
