@@ -1,4 +1,6 @@
-"""What every benchmark script shares: what it prints about the machine it ran on, and how it exits."""
+"""What every benchmark script shares: where the checkout is, what it prints about the machine it ran on, and
+how it exits. Importing it makes `gcmae` importable from a checkout without an editable install, so scripts
+import it before anything from `gcmae` (this folder is on sys.path when a script is run)."""
 from __future__ import annotations
 
 import os
@@ -8,7 +10,12 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
+ROOT = Path(__file__).resolve().parents[1]
+SRC = ROOT / "src"
+if SRC.is_dir() and str(SRC) not in sys.path:
+    sys.path.insert(0, str(SRC))
+
+import torch  # noqa: E402
 
 
 def device_name(device: str | torch.device) -> str:
@@ -24,6 +31,17 @@ def device_name(device: str | torch.device) -> str:
     except OSError:
         pass
     return f"cpu ({model}, {os.cpu_count()} logical cores)"
+
+
+def benchmark_device(script: str, device: str, threads: int = 0) -> torch.device | None:
+    """The device to measure on, with `threads` CPU threads when given; None (after saying so) when CUDA is asked
+    for and absent, so the script returns without measuring."""
+    if threads:
+        torch.set_num_threads(threads)
+    if device == "cuda" and not torch.cuda.is_available():
+        print(f"{script}: --device cuda but CUDA is not available; nothing measured")
+        return None
+    return torch.device(device)
 
 
 def run_report(main: Callable[[], object]) -> None:

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -35,18 +34,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-_SRC = Path(__file__).resolve().parents[1] / "src"
-if _SRC.is_dir() and str(_SRC) not in sys.path:  # run from a checkout without an editable install
-    sys.path.insert(0, str(_SRC))
-
-from gcmae.losses.memory_bank import MemoryBank  # noqa: E402
-from gcmae.losses.nce import nce_loss  # noqa: E402
-from gcmae.models.gcmae import GCMAE  # noqa: E402
-from gcmae.models.vit import ENCODER_PRESETS  # noqa: E402
-from gcmae.seeding import step_generator  # noqa: E402
-from gcmae.train.optim import build_adamw  # noqa: E402
-
-from _machine import device_name, run_report  # benchmarks/_machine.py (this folder is on sys.path when run as a script)
+from _machine import benchmark_device, device_name, run_report  # first: it puts src/ on sys.path
+from gcmae.losses.memory_bank import MemoryBank
+from gcmae.losses.nce import nce_loss
+from gcmae.models.gcmae import GCMAE
+from gcmae.models.vit import ENCODER_PRESETS
+from gcmae.seeding import step_generator
+from gcmae.train.optim import build_adamw
 
 GOAL_PCT = 5.0
 PAPER_BATCH = 128
@@ -234,12 +228,9 @@ def verdict(pct: float) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     t_start = time.perf_counter()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        print("--device cuda requested but CUDA is not available; nothing measured.")
+    device = benchmark_device("bank_overhead.py", args.device, args.threads)
+    if device is None:
         return 0
-    device = torch.device(args.device)
     timer = Timer(device)
     dim = ENCODER_PRESETS[args.encoder]["embed_dim"]
 

@@ -23,23 +23,18 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import time
 import traceback
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-_SRC = ROOT / "src"
-if _SRC.is_dir() and str(_SRC) not in sys.path:  # run from a checkout without an editable install
-    sys.path.insert(0, str(_SRC))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from torch.utils.data import ConcatDataset, DataLoader, Subset  # noqa: E402
+from _machine import ROOT, benchmark_device, device_name, run_report  # first: it puts src/ on sys.path
 
-from _machine import device_name, run_report  # noqa: E402
+import numpy as np
+import torch
+from torch.utils.data import ConcatDataset, DataLoader, Subset
+
 
 GOAL_PCT = 90.0
 SLIDES = ((ROOT / "data/samples/slides/cmu-1-small-region.svs", None),
@@ -137,14 +132,11 @@ def loader_rate(data, model, device: torch.device, args: argparse.Namespace, wor
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        print("extraction.py: --device cuda but CUDA is not available; nothing measured")
+    device = benchmark_device("extraction.py", args.device, args.threads)
+    if device is None:
         return 0
     from gcmae.evaluate.features import load_encoder
 
-    device = torch.device(args.device)
     encoder = load_encoder("random", args.encoder, args.img_size, 16)
     model = encoder.model.to(device).eval()
     data = slide_dataset(args, encoder)

@@ -18,21 +18,16 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-_SRC = ROOT / "src"
-if _SRC.is_dir() and str(_SRC) not in sys.path:
-    sys.path.insert(0, str(_SRC))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+from _machine import ROOT, device_name, run_report  # first: it puts src/ on sys.path
 
-from _machine import device_name, run_report  # noqa: E402
+import numpy as np
+import torch
+
 
 PCAM = ROOT / "data" / "samples" / "pcam"
 

@@ -38,15 +38,11 @@ import traceback
 from contextlib import nullcontext
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-_SRC = ROOT / "src"
-if _SRC.is_dir() and str(_SRC) not in sys.path:  # run from a checkout without an editable install
-    sys.path.insert(0, str(_SRC))
 
-import torch  # noqa: E402
+from _machine import ROOT, benchmark_device, device_name, run_report  # first: it puts src/ on sys.path
 
-from _machine import device_name, run_report  # benchmarks/_machine.py (this folder is on sys.path when run as a script)
+import torch
+
 
 CPU_GOAL_PCT = 50.0
 GPU_GOAL_PCT = 40.0
@@ -554,10 +550,7 @@ def main(argv: list[str] | None = None) -> int:
         spec = json.loads(args._worker)
         print("RESULT " + json.dumps(train_worker(spec)), flush=True)
         return 0
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        print("throughput.py: --device cuda but CUDA is not available; nothing measured")
+    if benchmark_device("throughput.py", args.device, args.threads) is None:
         return 0
     if args.device == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = False  # the fp32 peak is true fp32

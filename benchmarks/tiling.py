@@ -37,20 +37,16 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-_SRC = ROOT / "src"
-if _SRC.is_dir() and str(_SRC) not in sys.path:  # run from a checkout without an editable install
-    sys.path.insert(0, str(_SRC))
 
-import numpy as np  # noqa: E402
-import openslide  # noqa: E402
+from _machine import ROOT, SRC, device_name, run_report  # first: it puts src/ on sys.path
 
-from _machine import device_name, run_report  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
-from gcmae.slide.batch import tile_slides  # noqa: E402
-from gcmae.slide.coords import read_coords_h5  # noqa: E402
-from gcmae.slide.reader import open_slide  # noqa: E402
-from gcmae.slide.tiling import plan_grid, read_tile  # noqa: E402
+import numpy as np
+import openslide
+
+from gcmae.slide.batch import tile_slides
+from gcmae.slide.coords import read_coords_h5
+from gcmae.slide.reader import open_slide
+from gcmae.slide.tiling import plan_grid, read_tile
 
 CMU = ROOT / "data" / "samples" / "slides" / "cmu-1-small-region.svs"
 SAT_FLOOR = 0.07
@@ -181,7 +177,7 @@ def run_histolab(args: argparse.Namespace, work: Path) -> tuple[str, int, float]
 def cli_start_seconds() -> float:
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-m", "gcmae", "tile", "--help"], capture_output=True,
-                   env={**os.environ, "PYTHONPATH": str(_SRC)}, check=False)
+                   env={**os.environ, "PYTHONPATH": str(SRC)}, check=False)
     return time.perf_counter() - t0
 
 
