@@ -8,7 +8,7 @@ from gcmae.cli import main
 from gcmae.config import ConfigError
 from gcmae.data.datasets import EmptyDatasetError
 from gcmae.evaluate import features, transfer
-from gcmae.evaluate.protocols import EvalSet
+from gcmae.evaluate.protocols import EvalSet, ProtocolSettings
 from gcmae.evaluate.transfer import EvalConfig, ModelSpec, TransferConfig, run_transfer
 
 CRC_CLASSES = ("ADI", "LYM", "TUM")
@@ -98,3 +98,9 @@ def test_wrong_architecture_empty_folder_and_class_mismatch_are_named(tmp_path, 
     mismatch.eval.eval_sets = [EvalSet("e", str(tmp_path / "empty"))]
     with pytest.raises(EmptyDatasetError, match="no usable images in .*empty"):
         run_transfer(mismatch)
+
+
+def test_eval_config_carries_every_protocol_setting():
+    assert EvalConfig().protocol_settings(3) == ProtocolSettings(seed=3)
+    cfg = EvalConfig(pool="mean", knn_k=[5, 7], temperature=0.2, logreg_c=0.5, max_iter=10)
+    assert cfg.protocol_settings(1) == ProtocolSettings("mean", (5, 7), 0.2, 0.5, 10, 1)

@@ -10,7 +10,7 @@ import csv
 import io
 import json
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -47,18 +47,20 @@ class EvalConfig:
     """The evaluation sets and protocol settings shared by `transfer` and `replicate`."""
 
     eval_sets: list[EvalSet] = field(default_factory=list)
-    pool: str = "cls"
-    knn_k: tuple[int, ...] = (20, 200)
-    temperature: float = 0.07
-    logreg_c: float = 1.0
-    max_iter: int = 1000
+    # ProtocolSettings without its seed (each model brings its own), kept flat so the YAML keys stay flat
+    pool: str = ProtocolSettings.pool
+    knn_k: tuple[int, ...] = ProtocolSettings.knn_k
+    temperature: float = ProtocolSettings.temperature
+    logreg_c: float = ProtocolSettings.logreg_c
+    max_iter: int = ProtocolSettings.max_iter
     batch_size: int = 128
     num_workers: int = 0
     device: str = "auto"
     cache_dir: str = "runs/feature-cache"
 
     def protocol_settings(self, seed: int) -> ProtocolSettings:
-        return ProtocolSettings(self.pool, tuple(self.knn_k), self.temperature, self.logreg_c, self.max_iter, seed)
+        shared = {f.name: getattr(self, f.name) for f in fields(ProtocolSettings) if f.name != "seed"}
+        return ProtocolSettings(**{**shared, "knn_k": tuple(self.knn_k)}, seed=seed)
 
     def check(self) -> None:
         if not self.eval_sets:
