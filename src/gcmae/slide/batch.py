@@ -8,13 +8,10 @@ per-slide results, and the job's totals over every finished slide).
 """
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 import math
 import multiprocessing
-import os
 import time
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -28,8 +25,9 @@ import h5py
 import yaml
 from tqdm import tqdm
 
-from gcmae.io.atomic import write_bytes_atomic, write_text_atomic
-from gcmae.io.paths import claim, unique_names
+from gcmae.io.atomic import write_text_atomic
+from gcmae.io.paths import unique_names
+from gcmae.io.shared_csv import rewrite_shared_csv
 from gcmae.slide.coords import COORDS_FILENAME
 from gcmae.slide.reader import SlideReadError
 from gcmae.slide.tiling import SlideMetadataError, tile_slide
@@ -260,15 +258,14 @@ def _write_summary(out_dir: Path, inputs: Path, summary: TilingSummary) -> None:
 
 
 def _update_failures(path: Path, settled: list[Path], failures: list[tuple[Path, str]]) -> None:
-    """Rewrite failures.csv under a lock (other processes may share it): this run's failures plus
-    earlier rows, except those of slides this run settled (finished or found done) or that are gone."""
+    """Rewrite failures.csv (other processes may share it): this run's failures plus earlier rows, except those
+    of slides this run settled (finished or found done) or that are gone."""
     done = {p.resolve() for p in settled}
-    with claim(path.with_name(f".{path.name}.lock"), wait_s=30.0):  # then proceeds even if still held
-        with open(path if path.exists() else os.devnull, newline="") as fh:
-            rows = {Path(r.get("path") or "").resolve(): (r.get("path") or "", r.get("reason") or "")
-                    for r in csv.DictReader(fh)}
-        rows = {p: row for p, row in rows.items() if p not in done and p.is_file()}
-        rows.update({p.resolve(): (str(p), reason) for p, reason in failures})
-        buf = io.StringIO()
-        csv.writer(buf, lineterminator="\n").writerows([("path", "reason"), *sorted(rows.values())])
-        write_bytes_atomic(path, buf.getvalue().encode())
+    failed = {p.resolve(): (str(p), reason) for p, reason in failures}
+
+    def update(rows: dict[str, str]) -> dict[str, str]:
+        earlier = {Path(p).resolve(): (p, reason) for p, reason in rows.items()}
+        kept = {p: row for p, row in earlier.items() if p not in done and p.is_file()}
+        return dict({**kept, **failed}.values())
+
+    rewrite_shared_csv(path, ("path", "reason"), update)

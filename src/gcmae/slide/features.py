@@ -10,9 +10,7 @@ process i every n-th slide, and a lock file per slide makes sure no two processe
 """
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 import logging
 import os
@@ -32,8 +30,9 @@ from tqdm import tqdm
 
 from gcmae.data.transforms import eval_transform
 from gcmae.evaluate.features import POOLS, RANDOM, Encoder, load_encoder
-from gcmae.io.atomic import atomic_path, write_bytes_atomic, write_text_atomic
+from gcmae.io.atomic import atomic_path, write_text_atomic
 from gcmae.io.paths import claim, lock_owner, safe_name
+from gcmae.io.shared_csv import rewrite_shared_csv
 from gcmae.models.vit import ENCODER_PRESETS
 from gcmae.slide.bags import FORMAT, FORMAT_VERSION, array_digest, feature_filename, is_complete_features, write_attrs
 from gcmae.slide.coords import COORDS_FILENAME, CoordsFileError, SlideTiles, TileGrid, read_coords_h5
@@ -301,20 +300,15 @@ def extract_job(job_dir: str | Path, encoder: Encoder, record: dict[str, Any], b
 
 
 def _update_failures(path: Path, settled: list[str], failures: list[tuple[str, str]]) -> None:
-    """Rewrite extract_failures.csv under a lock: earlier rows minus the slides settled now, plus new failures."""
+    """Rewrite extract_failures.csv: earlier rows minus the slides settled now, plus new failures."""
     if not path.exists() and not failures:
         return
-    with claim(path.with_name(f".{path.name}.lock"), wait_s=30.0):
-        rows: dict[str, str] = {}
-        if path.exists():
-            with open(path, newline="") as fh:
-                rows = {r["slide"]: r["reason"] for r in csv.DictReader(fh) if r.get("slide")}
-        for name in settled:
-            rows.pop(name, None)
-        rows.update(failures)
-        buf = io.StringIO()
-        csv.writer(buf, lineterminator="\n").writerows([("slide", "reason"), *sorted(rows.items())])
-        write_bytes_atomic(path, buf.getvalue().encode())
+    done = set(settled)
+
+    def update(rows: dict[str, str]) -> dict[str, str]:
+        return {**{name: reason for name, reason in rows.items() if name not in done}, **dict(failures)}
+
+    rewrite_shared_csv(path, ("slide", "reason"), update)
 
 
 def _version() -> str:
