@@ -207,11 +207,14 @@ def test_a_claim_cut_short_leaves_no_empty_lock(tmp_path: Path, monkeypatch) -> 
 
 
 def test_files_left_by_a_claimer_killed_mid_claim_are_swept(tmp_path: Path) -> None:
-    lock, host = tmp_path / ".x.lock", socket.gethostname()
-    dead, other_host, alive = (tmp_path / f".x.lock.{host}.{_dead_pid()}.0a1b2c3d.tmp",
-                               tmp_path / f".x.lock.elsewhere.{_dead_pid()}.0a1b2c3d.tmp",
-                               tmp_path / f".x.lock.{host}.1.0a1b2c3d.stale")
+    src, out = _slides(tmp_path / "slides", ["a"]), tmp_path / "out"
+    out.mkdir()
+    host = socket.gethostname()
+    dead, other_host, alive = (out / f".a.lock.{host}.{_dead_pid()}.0a1b2c3d.tmp",
+                               out / f".a.lock.elsewhere.{_dead_pid()}.0a1b2c3d.tmp",
+                               out / f".a.lock.{host}.1.0a1b2c3d.stale")
     for path in (dead, other_host, alive):
         path.write_text("")
-    assert try_claim(lock)
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([lock.name, other_host.name, alive.name])
+    summary = tile_slides(src, out, **OPTS)  # a job sweeps its folder when it starts
+    assert summary.slides_done == 1
+    assert sorted(p.name for p in out.iterdir()) == sorted(["a", other_host.name, alive.name, *JOB_FILES])

@@ -7,7 +7,6 @@ holds it; a lock left by a dead process on this host is taken over; a lock from 
 """
 from __future__ import annotations
 
-import glob
 import hashlib
 import os
 import re
@@ -102,10 +101,12 @@ def _private(lock: Path, kind: str) -> Path:
     return lock.with_name(f"{lock.name}.{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:8]}.{kind}")
 
 
-def _sweep_private_files(lock: Path) -> None:
-    """Delete what processes on this host killed mid-claim left beside `lock`."""
-    for leftover in lock.parent.glob(f"{glob.escape(lock.name)}.*.*.*.*"):
-        owner, pid, _, kind = leftover.name[len(lock.name) + 1:].rsplit(".", 3)
+def sweep_dead_claimers(folder: str | Path) -> None:
+    """Delete the private files that processes on this host, killed mid-claim, left beside locks in `folder`.
+    A job calls it once at its start (not every claim: that would list a job folder once per slide)."""
+    for leftover in Path(folder).glob(".*.lock.*.*.*.*"):
+        prefix, pid, _, kind = leftover.name.rsplit(".", 3)
+        owner = prefix.rpartition(".lock.")[2]
         if kind in ("tmp", "stale") and owner == socket.gethostname() and pid.isdigit() and not _pid_alive(int(pid)):
             leftover.unlink(missing_ok=True)
 
@@ -156,7 +157,6 @@ def try_claim(lock: str | Path) -> bool:
     lock = Path(lock)
     for _ in range(3):
         if _create_with_token(lock):
-            _sweep_private_files(lock)
             return True
         stale = _stale_owner(lock)
         if stale is None:

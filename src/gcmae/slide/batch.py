@@ -26,7 +26,7 @@ import yaml
 from tqdm import tqdm
 
 from gcmae.io.atomic import write_text_atomic
-from gcmae.io.paths import unique_names
+from gcmae.io.paths import sweep_dead_claimers, unique_names
 from gcmae.io.shared_csv import rewrite_shared_csv
 from gcmae.slide.coords import COORDS_FILENAME
 from gcmae.slide.reader import SlideReadError
@@ -167,6 +167,7 @@ def tile_slides(inputs: str | Path, out_dir: str | Path, tile_size: int = 224, m
     settings = TilingSettings(tile_size, mpp, magnification, slide_mpp, min_tissue, overlap, mask_size,
                               remove_pen, export_png)
     _check_and_save_config(out_dir, settings, inputs, overwrite)
+    sweep_dead_claimers(out_dir)
     names = unique_names(slides)  # safe folder name per slide; two slides never share one
     jobs = {"out_dir": out_dir, "settings": settings, "overwrite": overwrite, "catch": folder_mode}
     summary, settled, started = TilingSummary(), [], time.perf_counter()

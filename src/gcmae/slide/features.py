@@ -31,7 +31,7 @@ from tqdm import tqdm
 from gcmae.data.transforms import eval_transform
 from gcmae.evaluate.features import POOLS, RANDOM, Encoder, load_encoder
 from gcmae.io.atomic import atomic_path, write_text_atomic
-from gcmae.io.paths import claim, lock_owner, safe_name
+from gcmae.io.paths import claim, lock_owner, safe_name, sweep_dead_claimers
 from gcmae.io.shared_csv import rewrite_shared_csv
 from gcmae.models.vit import ENCODER_PRESETS
 from gcmae.slide.bags import FORMAT, FORMAT_VERSION, array_digest, feature_filename, is_complete_features, write_attrs
@@ -259,9 +259,11 @@ def extract_job(job_dir: str | Path, encoder: Encoder, record: dict[str, Any], b
     mine = slides[index::count]
     summary = ExtractSummary(other_shards=len(slides) - len(mine))
     out_name = feature_filename(record["tag"])
+    sweep_dead_claimers(job_dir)
     for slide_dir in tqdm(mine, desc="slides", unit="slide", disable=not progress or len(mine) < 2):
         out_path = slide_dir / out_name
         lock = slide_dir / f".{out_name}.lock"
+        sweep_dead_claimers(slide_dir)
         with claim(lock) as held:
             if not held:
                 log.warning("%s: being embedded by %s, skipping", slide_dir.name, lock_owner(lock))
