@@ -52,3 +52,22 @@ def test_repeated_calls_do_not_stack_log_handlers(tmp_path):
     for _ in range(3):
         main(["check-data", str(tmp_path)])
     assert len(logging.getLogger("gcmae").handlers) == before
+
+
+@pytest.mark.parametrize("argv, options", [
+    (["mil", "train", "--features", "F", "--labels", "L", "--out", "O"], "gcmae.slide.mil_train:MILTrainOptions"),
+    (["diagnose", "S", "--model", "M"], "gcmae.slide.diagnose:DiagnoseOptions"),
+])
+def test_command_line_defaults_are_the_options_defaults(argv, options):
+    """The parser spells its defaults out (it must not import torch to print --help): they may not drift."""
+    import dataclasses
+    import importlib
+
+    from gcmae.cli import build_parser
+
+    module, name = options.split(":")
+    cls = getattr(importlib.import_module(module), name)
+    args = vars(build_parser().parse_args(argv))
+    defaults = {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
+    assert {k: args[k] for k in defaults if k in args} == {k: v for k, v in defaults.items() if k in args}
+    assert set(defaults) - set(args) <= {"cpu_threads"}  # not a command-line option
