@@ -25,6 +25,7 @@ import h5py
 import yaml
 from tqdm import tqdm
 
+from gcmae import __version__
 from gcmae.io.atomic import write_text_atomic
 from gcmae.io.paths import sweep_dead_claimers, unique_names
 from gcmae.io.shared_csv import rewrite_shared_csv
@@ -218,8 +219,6 @@ def _check_and_save_config(out_dir: Path, settings: TilingSettings, inputs: Path
             listing = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
             raise ValueError(f"{out_dir} was tiled with other settings ({listing}); use another --out, "
                              f"or --overwrite to redo every slide")
-    from gcmae import __version__
-
     text = yaml.safe_dump({"settings": wanted, "input": str(inputs.resolve()), "gcmae_version": __version__},
                           sort_keys=False)
     if not path.is_file() or path.read_text() != text:

@@ -24,6 +24,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from gcmae import __version__
 from gcmae.io.atomic import atomic_path
 
 COORDS_FILENAME = "coords.h5"
@@ -117,7 +118,7 @@ def write_coords_h5(path: str | Path, tiles: SlideTiles) -> None:
         raise CoordsFileError(f"{path}: attrs {clash} are stored from the SlideTiles fields; remove them from attrs")
     extra.setdefault("min_tissue", math.nan)
     extra.setdefault("overlap", tiles.grid.overlap)
-    extra.setdefault("gcmae_version", _version())
+    extra.setdefault("gcmae_version", __version__)
     extra.setdefault("created", datetime.now(timezone.utc).isoformat(timespec="seconds"))
     json_keys = sorted(k for k, v in extra.items() if isinstance(v, (dict, list, tuple)))
     with atomic_path(path) as tmp:
@@ -169,9 +170,3 @@ def read_coords_h5(path: str | Path) -> SlideTiles:
     return SlideTiles(slide_path=Path(attrs["slide_path"]), name=str(attrs["name"]), grid=grid, coords=coords,
                       tissue_fraction=fractions.astype(np.float32), slide_mpp=slide_mpp, dimensions=dimensions,
                       attrs=extra)
-
-
-def _version() -> str:
-    from gcmae import __version__
-
-    return __version__

@@ -28,6 +28,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from gcmae import __version__
 from gcmae.data.transforms import eval_transform
 from gcmae.evaluate.features import POOLS, RANDOM, Encoder, load_encoder
 from gcmae.io.atomic import atomic_path, write_text_atomic
@@ -187,7 +188,7 @@ def extract_slide(tiles: SlideTiles, slide_path: Path, encoder: Encoder, record:
                     dataset.close()
             write_attrs(h5, {"complete": True,
                              "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                             "gcmae_version": _version(), "torch_version": torch.__version__})
+                             "gcmae_version": __version__, "torch_version": torch.__version__})
 
 
 # ---------------------------------------------------------------------------------------------- a whole job
@@ -312,8 +313,3 @@ def _update_failures(path: Path, settled: list[str], failures: list[tuple[str, s
 
     rewrite_shared_csv(path, ("slide", "reason"), update)
 
-
-def _version() -> str:
-    from gcmae import __version__
-
-    return __version__
