@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from gcmae.io.arrays import ArrayFileError, load_array_file
+from gcmae.slide.coords import attr_to_python
 
 FEATURES_PREFIX = "features_"
 FORMAT = "gcmae-slide-features"
@@ -59,21 +60,6 @@ def array_digest(a: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def _plain(value: Any) -> Any:
-    """An h5py attribute value as plain Python (str, bool, int, float, list)."""
-    if isinstance(value, bytes):
-        return value.decode()
-    if isinstance(value, np.ndarray):
-        return [_plain(v) for v in value.tolist()]
-    if isinstance(value, np.bool_):
-        return bool(value)
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, np.floating):
-        return float(value)
-    return value
-
-
 def read_attrs(path: str | Path) -> dict[str, Any]:
     """The root attributes of an HDF5 file as plain Python values ({} for other file types)."""
     path = Path(path)
@@ -81,7 +67,7 @@ def read_attrs(path: str | Path) -> dict[str, Any]:
         return {}
     try:
         with h5py.File(path, "r") as fh:
-            return {k: _plain(v) for k, v in fh.attrs.items()}
+            return {k: attr_to_python(v) for k, v in fh.attrs.items()}
     except OSError as err:
         raise ArrayFileError(f"{path}: not a readable HDF5 file ({err})") from None
 

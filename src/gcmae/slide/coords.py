@@ -85,13 +85,18 @@ def _none_if_nan(value: Any) -> float | None:
     return None if math.isnan(value) else value
 
 
-def _to_python(value: Any) -> Any:
+def attr_to_python(value: Any) -> Any:
+    """An h5py attribute value as plain Python (str, bool, int, float, list)."""
     if isinstance(value, bytes):
         return value.decode()
-    if isinstance(value, np.generic):
-        return value.item()
     if isinstance(value, np.ndarray):
-        return value.tolist()
+        return [attr_to_python(v) for v in value.tolist()]
+    if isinstance(value, np.bool_):
+        return bool(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):
+        return float(value)
     return value
 
 
@@ -150,7 +155,7 @@ def read_coords_h5(path: str | Path) -> SlideTiles:
             if missing:
                 raise CoordsFileError(f"{path} is not a gcmae coordinates file: missing {', '.join(missing)}")
             coords, fractions = h5["coords"][()], h5["tissue_fraction"][()]
-            attrs = {k: _to_python(v) for k, v in h5.attrs.items()}
+            attrs = {k: attr_to_python(v) for k, v in h5.attrs.items()}
     except CoordsFileError:
         raise
     except (OSError, KeyError, ValueError, TypeError) as exc:
