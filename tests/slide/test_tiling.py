@@ -190,7 +190,7 @@ def test_magnification_uses_objective_power(tmp_path: Path) -> None:
     a, b = read_coords_h5(by_mag.out_dir / "coords.h5"), read_coords_h5(by_mpp.out_dir / "coords.h5")
     assert a.grid == b.grid and a.grid.read_size == 896 and a.grid.mpp == pytest.approx(1.996)
     np.testing.assert_array_equal(a.coords, b.coords)
-    assert a.attrs["magnification"] == 5
+    assert a.attrs["magnification"] == 5 and np.isnan(b.attrs["magnification"])  # not used: stored as NaN
     with pytest.raises(MissingMagnificationError, match=r"tcga-cr-7395-01a-01-ts1\.svs.*objective-power"):
         tile_slide(TCGA, tmp_path, tile_size=224, magnification=10, progress=False)
     with pytest.raises(ValueError, match="not both"):

@@ -258,7 +258,7 @@ def _tile_claimed(path: Path, slide_dir: Path, settings: dict[str, Any], progres
     write_text_atomic(slide_dir / "tissue.geojson", json.dumps(tissue.to_geojson()))
     coords = np.array([(t.x, t.y) for t in tiles], dtype=np.int64).reshape(-1, 2)
     attrs = {"min_tissue": min_tissue, "overlap": settings["overlap"],
-             "magnification": math.nan if settings["magnification"] is None else settings["magnification"],
+             "magnification": settings["magnification"],  # None is stored as NaN by write_coords_h5
              "mask_size": settings["mask_size"], "remove_pen": bool(settings["remove_pen"]),
              "tissue_threshold": tissue.threshold}
     write_coords_h5(coords_path, SlideTiles(  # last: marks the slide as finished
