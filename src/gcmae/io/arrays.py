@@ -9,7 +9,7 @@ must be plain datasets stored in the file (no external/soft links, external raw 
 from __future__ import annotations
 
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 
 import h5py
@@ -49,10 +49,11 @@ def _npy_header(fh: zipfile.ZipExtFile) -> tuple[tuple[int, ...], np.dtype]:
     return shape, dtype
 
 
-def _load_npz(path: Path, expected: Expected, max_bytes: int) -> dict[str, np.ndarray]:
+def _load_npz(path: Path, expected: Expected, max_bytes: int, optional: Collection[str]) -> dict[str, np.ndarray]:
     try:
         with zipfile.ZipFile(path) as zf:
             members = {name.removesuffix(".npy"): name for name in zf.namelist()}
+            expected = {key: want for key, want in expected.items() if key in members or key not in optional}
             for key, want in expected.items():
                 if key not in members:
                     raise ArrayFileError(f"{path}: key {key!r} missing (has {sorted(members)})")
@@ -72,40 +73,50 @@ def _load_npz(path: Path, expected: Expected, max_bytes: int) -> dict[str, np.nd
         raise ArrayFileError(f"{path}: cannot read arrays ({err})") from None
 
 
-def _load_h5(path: Path, expected: Expected, max_bytes: int) -> dict[str, np.ndarray]:
+def open_h5(path: Path) -> h5py.File:
+    """`path` opened read-only; ArrayFileError naming the file when it is not readable HDF5."""
     try:
-        fh = h5py.File(path, "r")
+        return h5py.File(path, "r")
     except OSError as err:
         raise ArrayFileError(f"{path}: not a readable HDF5 file ({err})") from None
+
+
+def read_h5_arrays(fh: h5py.File, path: Path, expected: Expected, max_bytes: int = MAX_BYTES,
+                   optional: Collection[str] = ()) -> dict[str, np.ndarray]:
+    """The arrays named in `expected` from the open file `fh` (read from `path`), checked as in load_array_file."""
     out = {}
-    with fh:
-        for key, want in expected.items():
-            link = fh.get(key, getlink=True)
-            if link is None:
-                raise ArrayFileError(f"{path}: key {key!r} missing (has {sorted(fh.keys())})")
-            if not isinstance(link, h5py.HardLink):
-                raise ArrayFileError(f"{path}: key {key!r} is a {type(link).__name__}, not data stored here")
-            node = fh[key]
-            if not isinstance(node, h5py.Dataset):
-                raise ArrayFileError(f"{path}: key {key!r} is a {type(node).__name__}, not an array")
-            if node.is_virtual or node.external:
-                raise ArrayFileError(f"{path}: key {key!r} takes its data from other files; refused")
-            _check(path, key, node.shape or (), node.dtype, want, max_bytes)
-            try:
-                out[key] = np.asarray(node[()])
-            except (OSError, ValueError, TypeError) as err:
-                raise ArrayFileError(f"{path}: key {key!r}: cannot read data ({err})") from None
+    for key, want in expected.items():
+        link = fh.get(key, getlink=True)
+        if link is None and key in optional:
+            continue
+        if link is None:
+            raise ArrayFileError(f"{path}: key {key!r} missing (has {sorted(fh.keys())})")
+        if not isinstance(link, h5py.HardLink):
+            raise ArrayFileError(f"{path}: key {key!r} is a {type(link).__name__}, not data stored here")
+        node = fh[key]
+        if not isinstance(node, h5py.Dataset):
+            raise ArrayFileError(f"{path}: key {key!r} is a {type(node).__name__}, not an array")
+        if node.is_virtual or node.external:
+            raise ArrayFileError(f"{path}: key {key!r} takes its data from other files; refused")
+        _check(path, key, node.shape or (), node.dtype, want, max_bytes)
+        try:
+            out[key] = np.asarray(node[()])
+        except (OSError, ValueError, TypeError) as err:
+            raise ArrayFileError(f"{path}: key {key!r}: cannot read data ({err})") from None
     return out
 
 
-def load_array_file(path: str | Path, expected: Expected, max_bytes: int = MAX_BYTES) -> dict[str, np.ndarray]:
-    """The arrays named in `expected` from a .npz or .h5/.hdf5 file, each checked against (ndim, dtype kinds)."""
+def load_array_file(path: str | Path, expected: Expected, max_bytes: int = MAX_BYTES,
+                    optional: Collection[str] = ()) -> dict[str, np.ndarray]:
+    """The arrays named in `expected` from a .npz or .h5/.hdf5 file, each checked against (ndim, dtype kinds);
+    keys in `optional` that the file lacks are left out of the result instead of raising."""
     path = Path(path)
     if not path.is_file():
         raise ArrayFileError(f"array file not found: {path}")
     suffix = path.suffix.lower()
     if suffix == ".npz":
-        return _load_npz(path, expected, max_bytes)
+        return _load_npz(path, expected, max_bytes, optional)
     if suffix in (".h5", ".hdf5"):
-        return _load_h5(path, expected, max_bytes)
+        with open_h5(path) as fh:
+            return read_h5_arrays(fh, path, expected, max_bytes, optional)
     raise ArrayFileError(f"{path}: unsupported array file type {suffix!r} (use .npz, .h5 or .hdf5)")

@@ -22,7 +22,7 @@ import h5py
 import numpy as np
 import torch
 
-from gcmae.io.arrays import ArrayFileError, load_array_file
+from gcmae.io.arrays import ArrayFileError, load_array_file, open_h5, read_h5_arrays
 from gcmae.slide.coords import attr_to_python
 
 FEATURES_PREFIX = "features_"
@@ -31,6 +31,7 @@ FORMAT_VERSION = 1
 BAG_SUFFIXES = (".h5", ".hdf5", ".npz", ".pt", ".pth")
 # what must agree between a feature file and a model trained on (or a classifier fitted to) such features
 MATCH_KEYS = ("weights_id", "pool", "img_size")
+_BAG_ARRAYS = {"features": (2, "f"), "coords": (2, "iu")}
 
 
 @dataclass
@@ -60,16 +61,20 @@ def array_digest(a: np.ndarray) -> str:
     return h.hexdigest()
 
 
+def _root_attrs(fh: h5py.File, path: Path) -> dict[str, Any]:
+    try:
+        return {k: attr_to_python(v) for k, v in fh.attrs.items()}
+    except OSError as err:
+        raise ArrayFileError(f"{path}: not a readable HDF5 file ({err})") from None
+
+
 def read_attrs(path: str | Path) -> dict[str, Any]:
     """The root attributes of an HDF5 file as plain Python values ({} for other file types)."""
     path = Path(path)
     if path.suffix.lower() not in (".h5", ".hdf5"):
         return {}
-    try:
-        with h5py.File(path, "r") as fh:
-            return {k: attr_to_python(v) for k, v in fh.attrs.items()}
-    except OSError as err:
-        raise ArrayFileError(f"{path}: not a readable HDF5 file ({err})") from None
+    with open_h5(path) as fh:
+        return _root_attrs(fh, path)
 
 
 def write_attrs(h5: h5py.File, attrs: dict[str, Any]) -> None:
@@ -89,8 +94,8 @@ def is_complete_features(path: Path, expect: dict[str, Any]) -> bool:
     if not path.is_file():
         return False
     try:
-        attrs = read_attrs(path)
         with h5py.File(path, "r") as fh:
+            attrs = _root_attrs(fh, path)
             n_feat, n_coords = fh["features"].shape[0], fh["coords"].shape[0]
     except (ArrayFileError, OSError, KeyError):
         return False
@@ -145,15 +150,14 @@ def load_bag(path: str | Path, slide_id: str | None = None) -> Bag:
     attrs: dict[str, Any] = {}
     if suffix in (".pt", ".pth"):
         feats, coords = _load_pt(path)
+    elif suffix == ".npz":
+        arrays = load_array_file(path, _BAG_ARRAYS, optional=("coords",))
+        feats, coords = arrays["features"], arrays.get("coords")
     else:
-        arrays = load_array_file(path, {"features": (2, "f")})
-        feats, coords = arrays["features"], None
-        try:
-            coords = load_array_file(path, {"coords": (2, "iu")})["coords"]
-        except ArrayFileError as err:
-            if "missing" not in str(err):
-                raise
-        attrs = read_attrs(path)
+        with open_h5(path) as fh:
+            arrays = read_h5_arrays(fh, path, _BAG_ARRAYS, optional=("coords",))
+            attrs = _root_attrs(fh, path)
+        feats, coords = arrays["features"], arrays.get("coords")
         if attrs.get("format") == FORMAT and not attrs.get("complete"):
             raise ArrayFileError(f"{path}: unfinished feature file (no 'complete' mark); re-run gcmae extract")
     feats = _check_features(path, feats)
