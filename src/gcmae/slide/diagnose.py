@@ -19,10 +19,10 @@ import numpy as np
 from gcmae.evaluate.common import resolve_device
 from gcmae.io.atomic import write_text_atomic
 from gcmae.io.paths import safe_name
-from gcmae.slide.bags import feature_filename, load_bag
+from gcmae.slide.bags import feature_filename
 from gcmae.slide.features import extract_job, load_recorded_encoder
-from gcmae.slide.heatmap import draw_slide_scores, heatmap_slide, write_tile_scores
-from gcmae.slide.mil import check_bag_fits, load_mil_model, predict_bag
+from gcmae.slide.heatmap import heatmap_slide
+from gcmae.slide.mil import attend_bag, load_mil_model
 from gcmae.slide.tile_classifier import load_tile_classifier
 
 log = logging.getLogger(__name__)
@@ -92,15 +92,11 @@ def diagnose(opts: DiagnoseOptions, progress: bool = True) -> dict[str, Any]:
     if not with_tiles:
         raise ValueError(f"{slide}: no tissue tile at {mpp} µm/px with >= {opts.min_tissue} tissue; nothing to "
                          f"classify (see {slide_dir / 'thumbnail.png'})")
-    bag = load_bag(feats_path)
-    check_bag_fits(mil, bag)
-    probs, attention = predict_bag(mil.model.to(device), bag.features, device)
+    scored = attend_bag(mil, feats_path, device, out / "attention.csv", out / "attention.png")
+    bag, probs, attention = scored.bag, scored.probs, scored.attention
     images = [("tiles kept (green: tissue mask, blue: tiles)", str((slide_dir / "thumbnail.png").relative_to(out)))]
-    write_tile_scores(out / "attention.csv", bag.coords, {"attention": attention})
-    png = draw_slide_scores(bag.attrs, bag.coords, attention / attention.max(), out / "attention.png",
-                            f"{bag.slide_id}: ABMIL attention", "attention / max attention", slide_dir)
-    if png:
-        images.append(("ABMIL attention (relative to the most attended tile)", png.name))
+    if scored.png:
+        images.append(("ABMIL attention (relative to the most attended tile)", scored.png.name))
     heat = None
     if mil.config.get("tile_classifier"):
         clf = load_tile_classifier(mil.root / mil.config["tile_classifier"])

@@ -143,6 +143,36 @@ def check_bag_fits(mil: MILModel, bag: Any) -> None:
     check_features_match(mil.features, bag.attrs, f"{bag.path} vs MIL model {mil.root}")
 
 
+@dataclass
+class BagAttention:
+    bag: Any  # gcmae.slide.bags.Bag
+    probs: np.ndarray  # (C,)
+    attention: np.ndarray  # (N,)
+    png: Path | None
+
+
+def attend_bag(mil: MILModel, path: Path, device: torch.device | str, csv_path: Path, png_path: Path | None,
+               slide_id: str | None = None, title_prob: bool = False) -> BagAttention:
+    """Predict the bag in `path` with `mil` (after checking it fits), write its per-tile attention to `csv_path`
+    and, when `png_path` is given and the tiles' coordinates are known, draw the attention relative to the most
+    attended tile over the slide (the title also gives P(last class) when `title_prob`)."""
+    from gcmae.slide.bags import load_bag
+    from gcmae.slide.heatmap import draw_slide_scores, write_tile_scores
+
+    bag = load_bag(path, slide_id=slide_id)
+    check_bag_fits(mil, bag)
+    probs, attention = predict_bag(mil.model.to(device), bag.features, device)
+    write_tile_scores(csv_path, bag.coords, {"attention": attention})
+    png = None
+    if png_path is not None and bag.coords is not None:
+        title = f"{bag.slide_id}: ABMIL attention"
+        if title_prob:
+            title += f" (P({mil.classes[-1]}) = {probs[-1]:.3f})"
+        png = draw_slide_scores(bag.attrs, bag.coords, attention / attention.max(), png_path, title,
+                                "attention / max attention", bag.path.parent)
+    return BagAttention(bag, probs, attention, png)
+
+
 def predict_slides(model_dir: str | Path, features: str | Path, out_dir: str | Path, tag: str | None = None,
                    labels: str | Path | None = None, device: str = "cpu",
                    draw: bool = True) -> list[SlidePrediction]:
@@ -151,27 +181,17 @@ def predict_slides(model_dir: str | Path, features: str | Path, out_dir: str | P
     from gcmae.evaluate.common import resolve_device
     from gcmae.io.atomic import write_text_atomic
     from gcmae.io.paths import safe_name
-    from gcmae.slide.bags import find_bags, load_bag
-    from gcmae.slide.heatmap import draw_slide_scores, write_tile_scores
+    from gcmae.slide.bags import find_bags
 
-    mil, dev = load_mil_model(model_dir), resolve_device(device)
-    model, out = mil.model.to(dev), Path(out_dir)
+    mil, dev, out = load_mil_model(model_dir), resolve_device(device), Path(out_dir)
     tag = tag or mil.features.get("tag")
     paths = find_bags(features, tag)
     results = []
     for sid, path in paths.items():
-        bag = load_bag(path, slide_id=sid)
-        check_bag_fits(mil, bag)
-        probs, attention = predict_bag(model, bag.features, dev)
         name = safe_name(sid)
-        csv_path = write_tile_scores(out / "attention" / f"{name}.csv", bag.coords, {"attention": attention})
-        png = None
-        if draw and bag.coords is not None:
-            rel = attention / attention.max()
-            png = draw_slide_scores(bag.attrs, bag.coords, rel, out / "attention" / f"{name}.png",
-                                    f"{sid}: ABMIL attention (P({mil.classes[-1]}) = {probs[-1]:.3f})",
-                                    "attention / max attention", path.parent)
-        results.append(SlidePrediction(sid, probs, mil.classes[int(probs.argmax())], csv_path, png))
+        csv_path, png_path = out / "attention" / f"{name}.csv", out / "attention" / f"{name}.png"
+        a = attend_bag(mil, path, dev, csv_path, png_path if draw else None, slide_id=sid, title_prob=True)
+        results.append(SlidePrediction(sid, a.probs, mil.classes[int(a.probs.argmax())], csv_path, a.png))
     header = ["slide_id", *(f"prob_{c}" for c in mil.classes), "predicted"]
     rows = [",".join(header)] + [",".join([r.slide_id, *(f"{p:.6f}" for p in r.probs), r.predicted]) for r in results]
     write_text_atomic(out / "predictions.csv", "\n".join(rows) + "\n")
