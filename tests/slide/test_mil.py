@@ -145,6 +145,19 @@ def test_mil_train_and_predict_commands_on_generic_bags(tmp_path, capsys):
     assert metrics["num_samples"] == 12 and metrics["auc"] > 0.8  # separable toy bags
 
 
+def test_train_mil_returns_what_load_mil_model_reads_back(tmp_path):
+    bags = _bags(tmp_path / "bags")
+    trained = train_mil(MILTrainOptions(features=str(bags), labels=str(bags / "labels.csv"), out=str(tmp_path / "m"),
+                                        epochs=3, val_fraction=0.34, device="cpu"), progress=False)
+    loaded = load_mil_model(tmp_path / "m")
+    assert trained.config == loaded.config and trained.root == loaded.root
+    assert trained.model.cfg == loaded.model.cfg and not trained.model.training
+    state, ref = trained.model.state_dict(), loaded.model.state_dict()
+    assert state.keys() == ref.keys()
+    for k, v in ref.items():
+        assert state[k].device.type == "cpu" and torch.equal(state[k], v), k
+
+
 def test_clear_errors_for_bad_labels_bags_and_models(tmp_path):
     bags = _bags(tmp_path / "bags")
     labels = tmp_path / "labels.csv"

@@ -258,7 +258,8 @@ def _finish(opts: MILTrainOptions, out: Path, settings: dict[str, Any], arch: AB
         "metrics": results, "num_bags": n_bags, "tile_classifier": CLASSIFIER_DIR if has_clf else None,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    write_text_atomic(out / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
+    text = json.dumps(config, indent=2) + "\n"
+    write_text_atomic(out / CONFIG_FILE, text)
     lines = [f"# ABMIL slide classifier ({', '.join(classes)})", "",
              f"- features: {record.get('encoder_description', 'no encoder recorded')} (pool {record.get('pool')})",
              f"- slides: {len(tr)} train, {len(va)} validation; best epoch {best_epoch} of {len(history)}",
@@ -266,7 +267,7 @@ def _finish(opts: MILTrainOptions, out: Path, settings: dict[str, Any], arch: AB
              metrics_table(results), "", "Settings:", "", "```json", json.dumps(settings, indent=2), "```", ""]
     write_text_atomic(out / "report.md", "\n".join(lines))
     log.info("MIL model in %s: %s", out, {k: v.get("auc") for k, v in results.items()})
-    return load_mil_model(out)
+    return MILModel(model.cpu().eval(), json.loads(text), out)  # what load_mil_model(out) would read back
 
 
 @contextmanager
