@@ -312,4 +312,3 @@ def _update_failures(path: Path, settled: list[str], failures: list[tuple[str, s
         return {**{name: reason for name, reason in rows.items() if name not in done}, **dict(failures)}
 
     rewrite_shared_csv(path, ("slide", "reason"), update)
-
