@@ -184,13 +184,7 @@ def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     if unknown:
         where = prefix.rstrip(".") or "top level"
         raise ConfigError(f"unknown config key(s) {', '.join(prefix + k for k in unknown)} ({where} accepts: {', '.join(sorted(names))})")
-    kwargs = {}
-    for name, value in data.items():
-        tp = hints[name]
-        if dataclasses.is_dataclass(tp):
-            kwargs[name] = from_dict(tp, value, f"{prefix}{name}.")
-        else:
-            kwargs[name] = _coerce(value, tp, prefix + name)
+    kwargs = {name: _coerce(value, hints[name], prefix + name) for name, value in data.items()}
     return cls(**kwargs)
 
 
