@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from sklearn.model_selection import StratifiedKFold
 
-from gcmae.evaluate.common import check_same_classes
+from gcmae.evaluate.common import open_labelled_pair
 from gcmae.evaluate.features import Encoder, FeatureSet, folder_features, open_folder
 from gcmae.evaluate.knn import knn_predict
 from gcmae.evaluate.linprobe import fit_logistic_probe, probe_probabilities
@@ -100,10 +100,10 @@ def evaluate_encoder(encoder: Encoder, sets: list[EvalSet], s: ProtocolSettings,
     """{eval set name: {protocol: metrics}} for one frozen encoder (features cached in `cache_dir`)."""
     results = {}
     for es in sets:
-        train_ds = open_folder(es.train)
-        val_ds = open_folder(es.val) if es.val else None
-        if val_ds is not None:
-            check_same_classes(train_ds.classes, train_ds.root, val_ds.classes, val_ds.root)
+        if es.val:
+            train_ds, val_ds = open_labelled_pair(es.train, es.val)
+        else:
+            train_ds, val_ds = open_folder(es.train), None
         kwargs: dict[str, Any] = dict(pool=s.pool, cache_dir=cache_dir, batch_size=batch_size,
                                       num_workers=num_workers, device=device)
         train = folder_features(encoder, train_ds, **kwargs)
