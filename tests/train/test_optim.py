@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from gcmae.evaluate.finetune_module import build_classifier
-from gcmae.train.optim import build_adamw_layer_decay, param_groups_layer_decay, scaled_lr, warmup_cosine
+from gcmae.train.optim import (build_adamw_layer_decay, param_groups_layer_decay, scaled_lr, warmup_cosine,
+                               warmup_cosine_config)
 
 TWO_BLOCKS = dict(embed_dim=192, depth=2, num_heads=3, patch_size=8, img_size=32, mlp_ratio=4.0)  # ViT-Tiny, 2 blocks
 WD = 0.05
@@ -80,3 +81,14 @@ def test_warmup_cosine_values():
     assert warmup_cosine(40, 10, 100, 1e-3, 0.0) == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi / 3)))
     assert warmup_cosine(100, 10, 100, 1e-3, 1e-6) == pytest.approx(1e-6)
     assert scaled_lr(1e-3, 128) == pytest.approx(5e-4)
+
+
+def test_warmup_cosine_config_steps_the_lr_per_iteration():
+    # 2 of 8 epochs of warm-up over 20.7 (-> 20) steps: 5 warm-up steps, then cosine to 1e-5
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    cfg = warmup_cosine_config(opt, 0.1, 1e-5, 2.0, 8, 20.7)
+    assert cfg["optimizer"] is opt and cfg["lr_scheduler"]["interval"] == "step"
+    for step in range(25):
+        assert opt.param_groups[0]["lr"] == pytest.approx(warmup_cosine(step, 5.0, 20, 0.1, 1e-5), rel=1e-12, abs=1e-15)
+        opt.step()
+        cfg["lr_scheduler"]["scheduler"].step()

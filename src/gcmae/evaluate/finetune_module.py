@@ -11,12 +11,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
-from torch.optim.lr_scheduler import LambdaLR
 from torchvision import transforms as T
 
 from gcmae.evaluate.metrics import classification_metrics
 from gcmae.train.module import NonFiniteLossError
-from gcmae.train.optim import build_adamw_layer_decay, scaled_lr, warmup_cosine
+from gcmae.train.optim import build_adamw_layer_decay, scaled_lr, warmup_cosine_config
 
 HEAD_INIT_STD = 2e-5  # MAE's main_finetune.py: trunc_normal_(head.weight, std=2e-5)
 VAL_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "auc")
@@ -118,15 +117,8 @@ class FinetuneModule(L.LightningModule):
         s = self.settings
         lr = self.peak_lr
         optimizer = build_adamw_layer_decay(self.model, lr, s["weight_decay"], s["layer_decay"])
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup = s["warmup_epochs"] * total / s["epochs"]
-        min_lr = s["min_lr"]
-
-        def factor(step: int) -> float:
-            return warmup_cosine(step, warmup, total, lr, min_lr) / lr
-
-        scheduler = LambdaLR(optimizer, factor)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return warmup_cosine_config(optimizer, lr, s["min_lr"], s["warmup_epochs"], s["epochs"],
+                                    self.trainer.estimated_stepping_batches)
 
 
 @torch.no_grad()

@@ -6,12 +6,11 @@ from typing import Any
 
 import lightning as L
 import torch
-from torch.optim.lr_scheduler import LambdaLR
 
 from gcmae.config import PretrainConfig, from_dict
 from gcmae.models.gcmae import GCMAE
 from gcmae.seeding import derive_seed
-from gcmae.train.optim import build_adamw, scaled_lr, warmup_cosine
+from gcmae.train.optim import build_adamw, scaled_lr, warmup_cosine_config
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -60,12 +59,5 @@ class PretrainModule(L.LightningModule):
         effective_batch = self.cfg.data.batch_size * o.accumulate_grad_batches * self.trainer.world_size
         lr = scaled_lr(o.base_lr, effective_batch)
         optimizer = build_adamw(self.model, lr, o.weight_decay, o.betas)
-        total_steps = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup_steps = o.warmup_epochs * total_steps / o.epochs
-        min_lr = o.min_lr
-
-        def factor(step: int) -> float:
-            return warmup_cosine(step, warmup_steps, total_steps, lr, min_lr) / lr
-
-        scheduler = LambdaLR(optimizer, factor)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return warmup_cosine_config(optimizer, lr, o.min_lr, o.warmup_epochs, o.epochs,
+                                    self.trainer.estimated_stepping_batches)

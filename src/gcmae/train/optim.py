@@ -8,6 +8,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 from timm.optim import param_groups_weight_decay
+from torch.optim.lr_scheduler import LambdaLR
 
 
 def scaled_lr(base_lr: float, effective_batch: int) -> float:
@@ -21,6 +22,20 @@ def warmup_cosine(step: float, warmup_steps: float, total_steps: float, lr: floa
         return lr * step / warmup_steps
     progress = (step - warmup_steps) / max(1.0, total_steps - warmup_steps)
     return min_lr + (lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def warmup_cosine_config(optimizer: torch.optim.Optimizer, lr: float, min_lr: float, warmup_epochs: float,
+                         epochs: int, stepping_batches: float) -> dict[str, Any]:
+    """Lightning's `configure_optimizers` answer: `optimizer` (peak `lr`) with a per-step LambdaLR following
+    `warmup_cosine` over max(1, stepping_batches) steps, warming up for warmup_epochs / epochs of them."""
+    total_steps = max(1, int(stepping_batches))
+    warmup_steps = warmup_epochs * total_steps / epochs
+
+    def factor(step: int) -> float:
+        return warmup_cosine(step, warmup_steps, total_steps, lr, min_lr) / lr
+
+    scheduler = LambdaLR(optimizer, factor)
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
 def build_adamw(model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float]) -> torch.optim.AdamW:
