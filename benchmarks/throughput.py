@@ -13,7 +13,7 @@ attention):
      SeededEpochSampler, as `gcmae pretrain` builds it) with 0, 1 and 2 workers, against the demo model's trainer
      (ViT-Tiny/16 at 96, decoder 128/2/4, batch 64), and the end-to-end loop with real data vs synthetic tensors;
   4. "try what helps": variants of one ViT-Small/16 224-px training step measured side by side, interleaved
-     round-robin: timm fused attention off, bf16 autocast, AdamW foreach / fused vs the for-loop, 1 thread,
+     round-robin: timm fused attention off, bf16 autocast, AdamW foreach / for-loop vs the library's fused, 1 thread,
      optionally torch.compile (`--compile`).
 
 Goals printed next to the numbers: >= 50 % of the measured fp32 matmul peak on CPU for ViT-S/B at 224 px;
@@ -451,31 +451,29 @@ def section_variants(args: argparse.Namespace) -> None:
     dev, cuda = args.device, args.device == "cuda"
     img, b = (96 if args.quick and not cuda else 224), args.variant_batch
     model = build_model("vit_small", img, (512, 8, 16), args.num_data, args.num_negatives, dev)
-    base_opt = build_adamw(model, 1e-4, 0.05, (0.9, 0.95))  # the library's optimiser (for-loop on CPU, fused on CUDA)
+    base_opt = build_adamw(model, 1e-4, 0.05, (0.9, 0.95))  # the library's optimiser (fused on CPU and CUDA)
     groups = [{k: v for k, v in g.items() if k != "params"} | {"params": g["params"]} for g in base_opt.param_groups]
     opts = {"library": base_opt}
-    for kind in ("foreach", "fused", "forloop"):
+    for kind in ("foreach", "forloop"):  # fused is the library's own choice, so the baseline already
         try:
-            kw = {"foreach": True} if kind == "foreach" else ({"fused": True} if kind == "fused" else {"foreach": False})
+            kw = {"foreach": kind == "foreach"}
             opts[kind] = torch.optim.AdamW([dict(g) for g in groups], lr=1e-4, betas=(0.9, 0.95), **kw)
         except Exception as err:  # noqa: BLE001
             print(f"  AdamW {kind}: unavailable ({type(err).__name__}: {err})")
     st = Stepper(model, base_opt, b, img, args.num_data, dev)
     timer = Timer(dev)
     threads0 = torch.get_num_threads()
-    lib_opt_kind = "fused" if cuda else "for-loop"
     base_bf16 = cuda
     # (name, bf16, fused_attn, optimiser, threads, compiled)
-    variants = [("baseline (library: fused attn, " + ("bf16" if cuda else "fp32") + f", AdamW {lib_opt_kind}, "
+    variants = [("baseline (library: fused attn, " + ("bf16" if cuda else "fp32") + ", AdamW fused, "
                  f"{threads0} threads)", base_bf16, True, "library", threads0, False),
                 ("fused attention OFF", base_bf16, False, "library", threads0, False)]
     if not cuda:
         variants.append(("bf16 autocast", True, True, "library", threads0, False))
     else:
         variants.append(("fp32 (no autocast)", False, True, "library", threads0, False))
-    for kind in ("foreach", "fused", "forloop"):
-        # the library's own choice is the baseline already: fused on CUDA, the for-loop on CPU
-        if kind in opts and not (cuda and kind == "fused") and not (not cuda and kind == "forloop"):
+    for kind in ("foreach", "forloop"):
+        if kind in opts:
             variants.append((f"AdamW {'for-loop (foreach=False)' if kind == 'forloop' else kind + '=True'}",
                              base_bf16, True, kind, threads0, False))
     if not cuda and threads0 > 1:
