@@ -38,8 +38,8 @@ from gcmae.evaluate.metrics import classification_metrics
 from gcmae.evaluate.options import FinetuneOptions, settings
 from gcmae.evaluate.report import console_table, save_evaluation
 from gcmae.io.atomic import atomic_path, write_text_atomic
-from gcmae.train.callbacks import AtomicCheckpointIO
-from gcmae.viz.curves import keep_previous_metrics, metrics_files
+from gcmae.train.callbacks import AtomicCheckpointIO, checkpoint_to_resume
+from gcmae.viz.curves import metrics_files
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -177,8 +177,6 @@ def run_finetune(opts: FinetuneOptions, extra_callbacks: list[L.Callback] = ()) 
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "run.json", json.dumps(record, indent=2) + "\n")
     write_text_atomic(out / "config.yaml", yaml.safe_dump(settings(opts), sort_keys=False))
-    for stale in (out / "checkpoints").glob(".*.tmp"):  # half-written by a run that was killed
-        stale.unlink()
 
     L.seed_everything(opts.seed, workers=True, verbose=False)
     size, mean, std = encoder.img_size, encoder.mean, encoder.std
@@ -200,13 +198,11 @@ def run_finetune(opts: FinetuneOptions, extra_callbacks: list[L.Callback] = ()) 
     val_loader = DataLoader(val, batch_size=opts.batch_size, shuffle=False, num_workers=opts.num_workers,
                             pin_memory=pin)
 
-    last = out / "checkpoints" / "last.ckpt"
-    if last.exists():
-        keep_previous_metrics(out / "logs")
+    last = checkpoint_to_resume(out)
+    if last:
         log.info("resuming from %s", last)
     trainer = _trainer(opts, out, device, len(train_loader), list(extra_callbacks))
-    trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader,
-                ckpt_path=last if last.exists() else None)
+    trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader, ckpt_path=last)
     return _evaluate_best(opts, out, module, val_loader, device, record, encoder.description, arch)
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -15,6 +16,7 @@ from gcmae.evaluate.embed import extract_features
 from gcmae.evaluate.features import open_folder
 from gcmae.evaluate.knn import knn_accuracy
 from gcmae.io.atomic import atomic_path
+from gcmae.viz.curves import keep_previous_metrics
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +33,24 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
         return torch.load(path, map_location=map_location or "cpu", weights_only=True)
+
+
+def last_checkpoint_in(out_dir: str | Path) -> Path:
+    """Where a run in `out_dir` writes (and resumes from) its latest checkpoint."""
+    return Path(out_dir) / "checkpoints" / "last.ckpt"
+
+
+def checkpoint_to_resume(out_dir: Path, resume: bool = True) -> Path | None:
+    """The run's last.ckpt when `resume` and it exists, else None. First deletes the temporary files of an
+    AtomicCheckpointIO write that a killed run left; when resuming, keeps the previous metrics.csv as a part
+    (Lightning's CSVLogger would overwrite it)."""
+    for stale in (out_dir / "checkpoints").glob(".*.tmp"):
+        stale.unlink()
+    last = last_checkpoint_in(out_dir)
+    if not (resume and last.exists()):
+        return None
+    keep_previous_metrics(out_dir / "logs")
+    return last
 
 
 class KNNMonitor(L.Callback):

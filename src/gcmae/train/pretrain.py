@@ -21,9 +21,9 @@ from gcmae.data.datasets import ImageFolderDataset
 from gcmae.data.sampler import SeededEpochSampler
 from gcmae.data.transforms import eval_transform, pretrain_transform
 from gcmae.io.atomic import write_text_atomic
-from gcmae.train.callbacks import AtomicCheckpointIO, KNNMonitor
+from gcmae.train.callbacks import AtomicCheckpointIO, KNNMonitor, checkpoint_to_resume, last_checkpoint_in
 from gcmae.train.module import PretrainModule
-from gcmae.viz.curves import keep_previous_metrics, metrics_files, plot_curves
+from gcmae.viz.curves import metrics_files, plot_curves
 from gcmae.viz.reconstruction import plot_reconstructions
 
 log = logging.getLogger(__name__)
@@ -111,7 +111,7 @@ def make_strategy(cfg: PretrainConfig) -> str | Strategy:
 
 def last_checkpoint(cfg: PretrainConfig) -> Path:
     """Where a run writes (and resumes from) its latest checkpoint."""
-    return Path(cfg.trainer.out_dir) / "checkpoints" / "last.ckpt"
+    return last_checkpoint_in(cfg.trainer.out_dir)
 
 
 def run_pretrain(cfg: PretrainConfig, resume: bool = True, extra_callbacks: Sequence[L.Callback] = ()) -> PretrainRun:
@@ -122,16 +122,11 @@ def run_pretrain(cfg: PretrainConfig, resume: bool = True, extra_callbacks: Sequ
     d = cfg.data
     dataset = ImageFolderDataset(d.train_dir, pretrain_transform(cfg.model.img_size, d.crop_scale, d.hflip, d.mean,
                                                                  d.std), d.validate)
-    for stale in (out_dir / "checkpoints").glob(".*.tmp"):  # half-written by a run that was killed
-        stale.unlink()
-    last = last_checkpoint(cfg)
-    ckpt_path = last if resume and last.exists() else None
+    ckpt_path = checkpoint_to_resume(out_dir, resume)
     config_file = out_dir / "config.yaml"
     if ckpt_path and config_file.exists():
         _warn_config_change(config_file, cfg)
     write_text_atomic(config_file, dump_yaml(cfg))
-    if ckpt_path:
-        keep_previous_metrics(out_dir / "logs")
     if dataset.rejected:
         write_text_atomic(out_dir / "rejected_images.txt",
                           "".join(f"{path}\t{reason}\n" for path, reason in dataset.rejected))
