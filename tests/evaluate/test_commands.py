@@ -84,6 +84,20 @@ def test_visualize_everything(pcam_pair, trained_checkpoint, tmp_path, capsys):
         assert (out / png).stat().st_size > 1000 and f"({png})" in report
 
 
+def test_tsne_and_umap_share_one_feature_pass(pcam_pair, trained_checkpoint, tmp_path, monkeypatch):
+    import gcmae.evaluate.visualize as visualize
+
+    passes, drawn = [], {}
+    real = visualize.folder_features
+    monkeypatch.setattr(visualize, "folder_features", lambda *a, **kw: passes.append(1) or real(*a, **kw))
+    monkeypatch.setattr(visualize, "plot_embedding",
+                        lambda feats, labels, classes, path, title, seed, method: drawn.setdefault(method, feats))
+    assert main(["visualize", "--checkpoint", str(trained_checkpoint), "--data", str(pcam_pair[1]), "--out",
+                 str(tmp_path / "viz"), "--what", "tsne,umap", "--cache-dir", ""]) == 0
+    assert len(passes) == 1 and list(drawn) == ["tsne", "umap"]
+    np.testing.assert_array_equal(drawn["tsne"], drawn["umap"])
+
+
 def test_reconstruction_needs_a_decoder(pcam_pair, timm_checkpoint, tmp_path, capsys):
     assert main(["visualize", "--checkpoint", str(timm_checkpoint), "--data", str(pcam_pair[1]), "--out",
                  str(tmp_path / "v"), "--what", "reconstruction"]) == 2

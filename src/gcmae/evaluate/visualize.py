@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable
 
@@ -11,7 +13,7 @@ import torch
 from gcmae.data.datasets import ImageFolderDataset
 from gcmae.data.transforms import eval_transform
 from gcmae.evaluate.common import encoder_from_options, resolve_device
-from gcmae.evaluate.features import Encoder, folder_features, open_folder
+from gcmae.evaluate.features import Encoder, FeatureSet, folder_features, open_folder
 from gcmae.evaluate.options import VisualizeOptions, settings
 from gcmae.evaluate.report import write_report
 from gcmae.io.atomic import write_text_atomic
@@ -32,11 +34,26 @@ def sample_images(encoder: Encoder, dataset: ImageFolderDataset, num: int) -> tu
     return torch.stack(imgs), titles
 
 
-def _feature_map(method: str, label: str) -> Callable[[VisualizeOptions, Encoder, ImageFolderDataset, Path],
-                                                       tuple[str, str]]:
-    def draw(opts: VisualizeOptions, encoder: Encoder, dataset: ImageFolderDataset, out: Path) -> tuple[str, str]:
-        fs = folder_features(encoder, dataset, opts.pool, opts.cache_dir or None, opts.batch_size, opts.num_workers,
-                             resolve_device(opts.device), labelled=False)
+@dataclass
+class Sources:
+    """What the visuals draw from and where they go."""
+
+    opts: VisualizeOptions
+    encoder: Encoder
+    dataset: ImageFolderDataset
+    out: Path
+
+    @cached_property
+    def features(self) -> FeatureSet:
+        """The folder's features, embedded (or read from the cache) once for t-SNE and UMAP together."""
+        opts = self.opts
+        return folder_features(self.encoder, self.dataset, opts.pool, opts.cache_dir or None, opts.batch_size,
+                               opts.num_workers, resolve_device(opts.device), labelled=False)
+
+
+def _feature_map(method: str, label: str) -> Callable[[Sources], tuple[str, str]]:
+    def draw(src: Sources) -> tuple[str, str]:
+        opts, encoder, out, fs = src.opts, src.encoder, src.out, src.features
         keep = subsample(len(fs.files), opts.max_points, opts.seed)
         title = f"{label} of {opts.pool} features, {len(keep)} of {len(fs.files)} images\n{encoder.description}"
         plot_embedding(fs.features[keep].numpy(), fs.labels[keep].numpy(), fs.classes, out / f"{method}.png", title,
@@ -45,18 +62,19 @@ def _feature_map(method: str, label: str) -> Callable[[VisualizeOptions, Encoder
     return draw
 
 
-def _attention(opts: VisualizeOptions, encoder: Encoder, dataset: ImageFolderDataset, out: Path) -> tuple[str, str]:
-    imgs, titles = sample_images(encoder, dataset, opts.num_images)
+def _attention(src: Sources) -> tuple[str, str]:
+    encoder = src.encoder
+    imgs, titles = sample_images(encoder, src.dataset, src.opts.num_images)
     model = encoder.model.cpu().eval()
-    plot_attention(model.encoder, imgs, out / "attention.png", encoder.mean, encoder.std, titles)
+    plot_attention(model.encoder, imgs, src.out / "attention.png", encoder.mean, encoder.std, titles)
     return "cls-token attention of the last encoder block", "attention.png"
 
 
-def _reconstruction(opts: VisualizeOptions, encoder: Encoder, dataset: ImageFolderDataset,
-                    out: Path) -> tuple[str, str]:
-    imgs, _ = sample_images(encoder, dataset, opts.num_images)
+def _reconstruction(src: Sources) -> tuple[str, str]:
+    encoder = src.encoder
+    imgs, _ = sample_images(encoder, src.dataset, src.opts.num_images)
     model = encoder.model.cpu().eval()
-    plot_reconstructions(model, imgs, out / "reconstructions.png", encoder.mean, encoder.std, opts.seed)
+    plot_reconstructions(model, imgs, src.out / "reconstructions.png", encoder.mean, encoder.std, src.opts.seed)
     return "reconstructions (original / masked / reconstruction / with visible patches)", "reconstructions.png"
 
 
@@ -73,7 +91,8 @@ def run_visualize(opts: VisualizeOptions) -> dict[str, Any]:
                          "GCMAE/MAE checkpoint with its decoder")
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
-    figures = [VISUALS[w](opts, encoder, dataset, out) for w in wanted]
+    src = Sources(opts, encoder, dataset, out)
+    figures = [VISUALS[w](src) for w in wanted]
     notes = [f"Weights: {encoder.description}; images from `{opts.data}`."]
     write_report(out, "Visualisations", settings(opts), {}, figures, notes)
     written = {w: str(out / rel) for w, (_, rel) in zip(wanted, figures)}
