@@ -1,5 +1,5 @@
-"""What every benchmark script shares: where the checkout is, what it prints about the machine it ran on, and
-how it exits. Importing it makes `gcmae` importable from a checkout without an editable install, so scripts
+"""What every benchmark script shares: where the checkout is, what it prints about the machine it ran on (and
+its plain-text tables), and how it exits. Importing it makes `gcmae` importable from a checkout without an editable install, so scripts
 import it before anything from `gcmae` (this folder is on sys.path when a script is run)."""
 from __future__ import annotations
 
@@ -31,6 +31,22 @@ def device_name(device: str | torch.device) -> str:
     except OSError:
         pass
     return f"cpu ({model}, {os.cpu_count()} logical cores)"
+
+
+def loadavg() -> str:
+    """The 1, 5 and 15 min load averages, or '?' where /proc/loadavg cannot be read."""
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "?"
+
+
+def table(headers: list[str], rows: list[list[str]]) -> str:
+    """A plain-text table: the first column left-aligned, the others right-aligned."""
+    w = [max(len(str(h)), *(len(str(r[i])) for r in rows)) if rows else len(str(h)) for i, h in enumerate(headers)]
+    out = ["  ".join(str(h).ljust(w[i]) for i, h in enumerate(headers)), "  ".join("-" * x for x in w)]
+    out += ["  ".join(str(r[i]).rjust(w[i]) if i else str(r[i]).ljust(w[i]) for i in range(len(headers))) for r in rows]
+    return "\n".join(out)
 
 
 def benchmark_device(script: str, device: str, threads: int = 0) -> torch.device | None:

@@ -25,11 +25,10 @@ import os
 import statistics
 import time
 import traceback
-from pathlib import Path
 from typing import Any
 
 
-from _machine import ROOT, benchmark_device, device_name, run_report  # first: it puts src/ on sys.path
+from _machine import ROOT, benchmark_device, device_name, loadavg, run_report  # first: it puts src/ on sys.path
 
 import numpy as np
 import torch
@@ -145,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.precision}, batch {args.batch_size}; {len(data)} tiles per configuration and round "
           f"({len(data) // args.repeat} distinct x {args.repeat}); {args.rounds} rounds, configurations "
           f"interleaved in rotating order, medians reported" + (", --quick" if args.quick else ""))
-    print(f"load average at start: {' '.join(Path('/proc/loadavg').read_text().split()[:3])}", flush=True)
+    print(f"load average at start: {loadavg()}", flush=True)
     n_batches = max(2, len(data) // args.batch_size)
     configs: list[tuple[str, Any]] = [("bare encoder (in-memory batch)", lambda: (bare_rate(model, device, args,
                                                                                             n_batches), None))]
@@ -176,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         pct = 100 * two[0] / bare
         print(f"\ngoal: reader with 2 workers >= {GOAL_PCT:.0f}% of the bare encoder: {pct:.0f}% -> "
               f"{'PASS' if pct >= GOAL_PCT else 'FAIL'}")
-    print(f"load average at end: {' '.join(Path('/proc/loadavg').read_text().split()[:3])}")
+    print(f"load average at end: {loadavg()}")
     print(f"total wall time {time.perf_counter() - t0:.1f} s")
     return 0
 

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 
-from _machine import ROOT, device_name, run_report  # first: it puts src/ on sys.path
+from _machine import ROOT, benchmark_device, device_name, run_report  # first: it puts src/ on sys.path
 
 import numpy as np
 import torch
@@ -74,8 +74,7 @@ def mean_pool_baseline(bag_dir: Path, test_dir: Path, seed: int) -> tuple[float,
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    benchmark_device("mil_proxy.py", "cpu", args.threads)  # CPU only: never None
     from gcmae.evaluate.features import load_encoder
     from gcmae.slide.proxy import ProxySpec, run_proxy
 

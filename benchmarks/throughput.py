@@ -39,7 +39,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 
-from _machine import ROOT, benchmark_device, device_name, run_report  # first: it puts src/ on sys.path
+from _machine import ROOT, benchmark_device, device_name, loadavg, run_report, table  # first: it puts src/ on sys.path
 
 import torch
 
@@ -111,13 +111,6 @@ def busy_cores(interval: float = 0.5) -> tuple[float, float] | None:
     return n * (b1 - b0) / dt, n * (s1 - s0) / dt
 
 
-def loadavg() -> str:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return "?"
-
-
 def load_line(tag: str) -> str:
     bc = busy_cores()
     return f"[load {tag}] loadavg {loadavg()}; cores busy with other work (0.5 s sample): " + (
@@ -146,14 +139,6 @@ class Timer:
 
 def autocast(device: str, bf16: bool):
     return torch.autocast(device, dtype=torch.bfloat16) if bf16 else nullcontext()
-
-
-def table(headers: list[str], rows: list[list[str]]) -> str:
-    w = [max(len(str(h)), *(len(str(r[i])) for r in rows)) if rows else len(str(h)) for i, h in enumerate(headers)]
-    line = "  ".join(str(h).ljust(w[i]) for i, h in enumerate(headers))
-    out = [line, "  ".join("-" * x for x in w)]
-    out += ["  ".join(str(r[i]).rjust(w[i]) if i else str(r[i]).ljust(w[i]) for i in range(len(headers))) for r in rows]
-    return "\n".join(out)
 
 
 # ---------------------------------------------------------------------------------------------- 1. matmul peak

@@ -38,7 +38,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 
-from _machine import ROOT, SRC, device_name, run_report  # first: it puts src/ on sys.path
+from _machine import ROOT, SRC, device_name, run_report, table  # first: it puts src/ on sys.path
 
 import numpy as np
 import openslide
@@ -92,13 +92,6 @@ def mosaic_slide(src: Path, k: int, path: Path) -> Path:
             tif.write(np.asarray(level), tile=(512, 512), compression="zlib", compressionargs={"level": 1},
                       photometric="rgb", subfiletype=int(i > 0), resolution=(res, res), resolutionunit="CENTIMETER")
     return path
-
-
-def table(headers: list[str], rows: list[list[str]]) -> str:
-    w = [max(len(str(h)), *(len(str(r[i])) for r in rows)) if rows else len(str(h)) for i, h in enumerate(headers)]
-    out = ["  ".join(str(h).ljust(w[i]) for i, h in enumerate(headers)), "  ".join("-" * x for x in w)]
-    out += ["  ".join(str(r[i]).rjust(w[i]) if i else str(r[i]).ljust(w[i]) for i in range(len(headers))) for r in rows]
-    return "\n".join(out)
 
 
 def run_gcmae(args: argparse.Namespace, work: Path, export_png: bool) -> int:
