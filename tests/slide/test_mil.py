@@ -145,6 +145,21 @@ def test_mil_train_and_predict_commands_on_generic_bags(tmp_path, capsys):
     assert metrics["num_samples"] == 12 and metrics["auc"] > 0.8  # separable toy bags
 
 
+def test_predictions_csv_quotes_slide_ids_with_commas(tmp_path):
+    bags = _bags(tmp_path / "bags")
+    train_mil(MILTrainOptions(features=str(bags), labels=str(bags / "labels.csv"), out=str(tmp_path / "m"),
+                              epochs=2, val_fraction=0.34, device="cpu"), progress=False)
+    odd = 'case 7, block "B"'
+    (bags / "s00.pt").rename(bags / f"{odd}.pt")
+    assert main(["mil", "predict", "--model", str(tmp_path / "m"), "--features", str(bags),
+                 "--out", str(tmp_path / "pred"), "--device", "cpu"]) == 0
+    with open(tmp_path / "pred" / "predictions.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 12 and odd in [r["slide_id"] for r in rows]
+    assert all(set(r) == {"slide_id", "prob_normal", "prob_tumour", "predicted"} and None not in r.values()
+               for r in rows)
+
+
 def test_train_mil_returns_what_load_mil_model_reads_back(tmp_path):
     bags = _bags(tmp_path / "bags")
     trained = train_mil(MILTrainOptions(features=str(bags), labels=str(bags / "labels.csv"), out=str(tmp_path / "m"),

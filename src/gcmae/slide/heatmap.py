@@ -7,8 +7,6 @@ the weights digest, pool and image size recorded in both must agree, otherwise i
 """
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 from dataclasses import dataclass
@@ -19,7 +17,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from gcmae.io.atomic import write_bytes_atomic, write_text_atomic
+from gcmae.io.atomic import write_csv_atomic, write_text_atomic
 from gcmae.io.paths import safe_name
 from gcmae.slide.bags import FEATURES_PREFIX, feature_filename, load_bag, read_attrs
 from gcmae.slide.features import tiled_slides
@@ -65,13 +63,12 @@ def slide_thumbnail(attrs: dict[str, Any], slide_dir: Path | None = None,
 def write_tile_scores(path: Path, coords: np.ndarray | None, columns: dict[str, np.ndarray]) -> Path:
     """CSV with x, y (empty when unknown) and one column per entry of `columns`, one row per tile."""
     n = len(next(iter(columns.values())))
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["x", "y", *columns])
-    for i in range(n):
+
+    def row(i: int) -> list[object]:
         xy = ["", ""] if coords is None else [int(coords[i, 0]), int(coords[i, 1])]
-        writer.writerow([*xy, *(f"{float(v[i]):.6g}" for v in columns.values())])
-    return write_bytes_atomic(path, buf.getvalue().encode())
+        return [*xy, *(f"{float(v[i]):.6g}" for v in columns.values())]
+
+    return write_csv_atomic(path, ["x", "y", *columns], (row(i) for i in range(n)))
 
 
 def draw_slide_scores(attrs: dict[str, Any], coords: np.ndarray, scores: np.ndarray, out_png: Path, title: str,

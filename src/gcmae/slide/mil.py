@@ -179,7 +179,7 @@ def predict_slides(model_dir: str | Path, features: str | Path, out_dir: str | P
     """Slide probabilities (OUT/predictions.csv) and per-tile attention (OUT/attention/<slide>.csv, .png) of
     every bag under `features`; with `labels` (CSV slide_id,label) also metrics.json and report.md."""
     from gcmae.evaluate.common import resolve_device
-    from gcmae.io.atomic import write_text_atomic
+    from gcmae.io.atomic import write_csv_atomic, write_text_atomic
     from gcmae.io.paths import safe_name
     from gcmae.slide.bags import find_bags
 
@@ -192,9 +192,8 @@ def predict_slides(model_dir: str | Path, features: str | Path, out_dir: str | P
         csv_path, png_path = out / "attention" / f"{name}.csv", out / "attention" / f"{name}.png"
         a = attend_bag(mil, path, dev, csv_path, png_path if draw else None, slide_id=sid, title_prob=True)
         results.append(SlidePrediction(sid, a.probs, mil.classes[int(a.probs.argmax())], csv_path, a.png))
-    header = ["slide_id", *(f"prob_{c}" for c in mil.classes), "predicted"]
-    rows = [",".join(header)] + [",".join([r.slide_id, *(f"{p:.6f}" for p in r.probs), r.predicted]) for r in results]
-    write_text_atomic(out / "predictions.csv", "\n".join(rows) + "\n")
+    write_csv_atomic(out / "predictions.csv", ["slide_id", *(f"prob_{c}" for c in mil.classes), "predicted"],
+                     ([r.slide_id, *(f"{p:.6f}" for p in r.probs), r.predicted] for r in results))
     settings = {"model": str(mil.root.resolve()), "features": str(Path(features).resolve()), "tag": tag,
                 "labels": str(labels) if labels else None, "device": str(dev), "classes": mil.classes,
                 "num_slides": len(results)}

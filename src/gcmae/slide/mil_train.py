@@ -7,8 +7,6 @@ whenever they improve, and ``config.json`` is written last with everything `gcma
 """
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 import shutil
@@ -28,7 +26,7 @@ from tqdm import tqdm
 from gcmae.evaluate.common import resolve_device
 from gcmae.evaluate.metrics import classification_metrics
 from gcmae.evaluate.report import metrics_table
-from gcmae.io.atomic import write_bytes_atomic, write_text_atomic
+from gcmae.io.atomic import write_csv_atomic, write_text_atomic
 from gcmae.seeding import derive_seed
 from gcmae.slide.bags import MATCH_KEYS, Bag, find_bags, load_bag, read_labels_csv, sorted_classes
 from gcmae.slide.mil import CONFIG_FILE, FORMAT, MODEL_FILE, ABMILConfig, GatedABMIL, MILModel, load_mil_model, \
@@ -284,8 +282,4 @@ def _threads(n: int | None) -> Iterator[None]:
 
 def _write_history(path: Path, rows: list[dict[str, Any]]) -> None:
     keys = list(rows[0])
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=keys, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    write_bytes_atomic(path, buf.getvalue().encode())
+    write_csv_atomic(path, keys, ([r[k] for k in keys] for r in rows))

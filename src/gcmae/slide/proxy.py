@@ -8,8 +8,6 @@ This measures whether MIL finds a few positive tiles in a bag; it is not a slide
 """
 from __future__ import annotations
 
-import csv
-import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +18,7 @@ import numpy as np
 import torch
 
 from gcmae.evaluate.features import Encoder, FeatureSet, folder_features
-from gcmae.io.atomic import atomic_path, write_bytes_atomic
+from gcmae.io.atomic import atomic_path, write_csv_atomic
 from gcmae.slide.bags import write_attrs
 
 
@@ -56,9 +54,7 @@ def write_proxy_bags(fs: FeatureSet, bags: list[tuple[np.ndarray, int]], out_dir
     """One bag file per bag in `out_dir` and `labels.csv` (returned): `<prefix>NNN.pt` ({"features": (n, D)}),
     or `<prefix>NNN.h5` carrying the encoder `record` as attributes when given (so the model records it)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["slide_id", "label"])
+    labels = []
     for i, (idx, label) in enumerate(bags):
         sid, feats = f"{prefix}{i:03d}", fs.features[torch.from_numpy(idx)].numpy().astype(np.float32)
         with atomic_path(out_dir / f"{sid}{'.h5' if record else '.pt'}") as tmp:
@@ -68,8 +64,8 @@ def write_proxy_bags(fs: FeatureSet, bags: list[tuple[np.ndarray, int]], out_dir
                     write_attrs(h5, {**record, "proxy_source": str(fs.root)})
             else:
                 torch.save({"features": torch.from_numpy(feats)}, tmp)
-        writer.writerow([sid, "tumour" if label else "normal"])
-    return write_bytes_atomic(out_dir / "labels.csv", buf.getvalue().encode())
+        labels.append([sid, "tumour" if label else "normal"])
+    return write_csv_atomic(out_dir / "labels.csv", ["slide_id", "label"], labels)
 
 
 def run_proxy(encoder: Encoder, pool: str, train_dir: str | Path, test_dir: str | Path, out_dir: str | Path,

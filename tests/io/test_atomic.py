@@ -1,0 +1,28 @@
+import csv
+
+import pytest
+
+from gcmae.io.atomic import write_csv_atomic
+
+
+def test_csv_fields_with_commas_quotes_and_newlines_read_back(tmp_path):
+    rows = [["a,b", 'say "hi"', 1.5], ["line\nbreak", "", 2]]
+    path = write_csv_atomic(tmp_path / "sub" / "t.csv", ["name", "note", "value"], rows)
+    with open(path, newline="") as fh:
+        back = list(csv.reader(fh))
+    assert back == [["name", "note", "value"], ["a,b", 'say "hi"', "1.5"], ["line\nbreak", "", "2"]]
+    assert [p.name for p in path.parent.iterdir()] == ["t.csv"]
+
+
+def test_a_failing_row_source_leaves_the_old_file_untouched(tmp_path):
+    path = write_csv_atomic(tmp_path / "t.csv", ["x"], [[1]])
+    before = path.read_bytes()
+
+    def rows():
+        yield [2]
+        raise RuntimeError("disk gone")
+
+    with pytest.raises(RuntimeError, match="disk gone"):
+        write_csv_atomic(path, ["x"], rows())
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["t.csv"]
