@@ -12,12 +12,16 @@ import torch
 
 from gcmae.cli import main
 from gcmae.evaluate.features import load_encoder
+import gcmae.slide.diagnose as diagnose_module
+import gcmae.slide.heatmap as heatmap_module
+from gcmae.slide import bags
 from gcmae.slide.bags import load_bag
 from gcmae.slide.coords import read_coords_h5
 from gcmae.slide.diagnose import DiagnoseOptions, diagnose
 from gcmae.slide.features import encoder_record
 from gcmae.slide.mil import load_mil_model, predict_bag
 from gcmae.slide.proxy import ProxySpec, run_proxy
+from gcmae.slide.reader import OpenSlideReader
 from gcmae.slide.tile_classifier import train_tile_classifier
 from tests.slide.slide_helpers import SLIDES, pcam_subset
 
@@ -47,7 +51,7 @@ def model_dir(tmp_path_factory) -> Path:
     return root / "proxy" / "mil"
 
 
-def test_diagnose_writes_prediction_heatmaps_and_report(model_dir, tmp_path, capsys):
+def test_diagnose_writes_prediction_heatmaps_and_report(model_dir, tmp_path, capsys, monkeypatch):
     out = tmp_path / "diag"
     assert main(["diagnose", str(SLIDE), "--model", str(model_dir), "--out", str(out), "--workers", "0",
                  "--device", "cpu"]) == 0
@@ -72,9 +76,22 @@ def test_diagnose_writes_prediction_heatmaps_and_report(model_dir, tmp_path, cap
     assert f"**Predicted: {r['predicted']}**" in report and "attention.png" in report
     assert "heatmap_tile_classifier.png" in report and mil.features["checkpoint"] in report
     stamps = {p: p.stat().st_mtime_ns for p in (slide_dir / "coords.h5", bag.path)}
+    thumbnails, bag_loads = [], []
+    monkeypatch.setattr(OpenSlideReader, "thumbnail", _counting(OpenSlideReader.thumbnail, thumbnails))
+    monkeypatch.setattr(bags, "load_bag", _counting(bags.load_bag, bag_loads))
+    for module in (diagnose_module, heatmap_module):  # imported by name there
+        monkeypatch.setattr(module, "load_bag", bags.load_bag, raising=False)
     again = diagnose(DiagnoseOptions(str(SLIDE), str(model_dir), str(out), workers=0, device="cpu"), progress=False)
     assert again["probabilities"] == r["probabilities"]
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items()), "a re-run redid finished work"
+    assert len(thumbnails) == 1 and len(bag_loads) == 1  # both heatmaps drawn from one read of each
+
+
+def _counting(fn, calls: list):
+    def wrapper(*args, **kwargs):
+        calls.append(args)
+        return fn(*args, **kwargs)
+    return wrapper
 
 
 def test_diagnose_refuses_a_changed_or_missing_encoder_and_unusable_models(model_dir, tmp_path, capsys):

@@ -19,9 +19,9 @@ import numpy as np
 from gcmae.evaluate.common import resolve_device
 from gcmae.io.atomic import write_text_atomic
 from gcmae.io.paths import safe_name
-from gcmae.slide.bags import feature_filename
+from gcmae.slide.bags import feature_filename, load_bag
 from gcmae.slide.features import extract_job, load_recorded_encoder
-from gcmae.slide.heatmap import heatmap_slide
+from gcmae.slide.heatmap import heatmap_slide, slide_thumbnail
 from gcmae.slide.mil import attend_bag, load_mil_model
 from gcmae.slide.tile_classifier import load_tile_classifier
 
@@ -92,15 +92,17 @@ def diagnose(opts: DiagnoseOptions, progress: bool = True) -> dict[str, Any]:
     if not with_tiles:
         raise ValueError(f"{slide}: no tissue tile at {mpp} µm/px with >= {opts.min_tissue} tissue; nothing to "
                          f"classify (see {slide_dir / 'thumbnail.png'})")
-    scored = attend_bag(mil, feats_path, device, out / "attention.csv", out / "attention.png")
-    bag, probs, attention = scored.bag, scored.probs, scored.attention
+    bag = load_bag(feats_path)
+    background = slide_thumbnail(bag.attrs, slide_dir)  # read once, drawn under both heatmaps
+    scored = attend_bag(mil, bag, device, out / "attention.csv", out / "attention.png", background=background)
+    probs, attention = scored.probs, scored.attention
     images = [("tiles kept (green: tissue mask, blue: tiles)", str((slide_dir / "thumbnail.png").relative_to(out)))]
     if scored.png:
         images.append(("ABMIL attention (relative to the most attended tile)", scored.png.name))
     heat = None
     if mil.config.get("tile_classifier"):
         clf = load_tile_classifier(mil.root / mil.config["tile_classifier"])
-        heat = heatmap_slide(slide_dir, clf, "tile_classifier", out_dir=out)
+        heat = heatmap_slide(slide_dir, clf, "tile_classifier", out_dir=out, bag=bag, background=background)
         if heat.png:
             images.append((f"tile classifier: P({clf.classes[clf.positive]}) per tile", heat.png.name))
     top = np.argsort(-attention)[:TOP_TILES]

@@ -19,7 +19,7 @@ from PIL import Image
 
 from gcmae.io.atomic import write_csv_atomic, write_text_atomic
 from gcmae.io.paths import safe_name
-from gcmae.slide.bags import FEATURES_PREFIX, feature_filename, load_bag, read_attrs
+from gcmae.slide.bags import FEATURES_PREFIX, Bag, feature_filename, load_bag, read_attrs
 from gcmae.slide.features import tiled_slides
 from gcmae.slide.reader import SlideReadError, open_slide
 from gcmae.slide.tile_classifier import TileClassifier, check_features_match, load_tile_classifier
@@ -39,8 +39,11 @@ class HeatmapResult:
     mean_prob: float
 
 
+Thumbnail = tuple[Image.Image, tuple[float, float]]  # the image, level-0 px per thumbnail px in x and y
+
+
 def slide_thumbnail(attrs: dict[str, Any], slide_dir: Path | None = None,
-                    max_size: int = THUMBNAIL_SIZE) -> tuple[Image.Image, tuple[float, float]] | None:
+                    max_size: int = THUMBNAIL_SIZE) -> Thumbnail | None:
     """(thumbnail, level-0 px per thumbnail px in x and y) from the slide file recorded in `attrs`, else from
     `slide_dir`/thumbnail.png (written by `gcmae tile`); None when neither can be read."""
     width, height = attrs.get("width"), attrs.get("height")
@@ -72,10 +75,12 @@ def write_tile_scores(path: Path, coords: np.ndarray | None, columns: dict[str, 
 
 
 def draw_slide_scores(attrs: dict[str, Any], coords: np.ndarray, scores: np.ndarray, out_png: Path, title: str,
-                      label: str, slide_dir: Path | None = None, vmin: float = 0.0, vmax: float = 1.0) -> Path | None:
-    """The tiles' scores over the slide thumbnail (None, with a warning, when the slide geometry is unknown)."""
+                      label: str, slide_dir: Path | None = None, vmin: float = 0.0, vmax: float = 1.0,
+                      background: Thumbnail | None = None) -> Path | None:
+    """The tiles' scores over the slide thumbnail (`background`, else read from the slide); None, with a warning,
+    when the slide geometry is unknown."""
     extent = attrs.get("extent") or attrs.get("step")
-    background = slide_thumbnail(attrs, slide_dir)
+    background = background or slide_thumbnail(attrs, slide_dir)
     if background is None or not extent:
         log.warning("cannot draw %s: the features do not record the slide and tile geometry", out_png.name)
         return None
@@ -101,16 +106,19 @@ def features_for(slide_dir: Path, meta: dict[str, Any], tag: str | None = None) 
 
 
 def heatmap_slide(slide_dir: Path, clf: TileClassifier, name: str, tag: str | None = None,
-                  out_dir: Path | None = None) -> HeatmapResult:
+                  out_dir: Path | None = None, bag: Bag | None = None,
+                  background: Thumbnail | None = None) -> HeatmapResult:
     """Score every tile of one slide with `clf`; write heatmap_<name>.csv and .png into `out_dir` (the slide's
-    folder by default)."""
-    feats_path = features_for(slide_dir, clf.meta["features"], tag)
+    folder by default). A caller that already holds the slide's feature `bag` or thumbnail passes them in."""
     out_dir = out_dir or slide_dir
-    if read_attrs(feats_path).get("num_tiles") == 0:
-        log.warning("%s: no tiles, no heatmap", slide_dir.name)
-        return HeatmapResult(slide_dir.name, write_tile_scores(out_dir / f"heatmap_{name}.csv", None,
-                                                               {"prob": np.zeros(0)}), None, 0, float("nan"))
-    bag = load_bag(feats_path)
+    if bag is None:
+        feats_path = features_for(slide_dir, clf.meta["features"], tag)
+        if read_attrs(feats_path).get("num_tiles") == 0:
+            log.warning("%s: no tiles, no heatmap", slide_dir.name)
+            return HeatmapResult(slide_dir.name, write_tile_scores(out_dir / f"heatmap_{name}.csv", None,
+                                                                   {"prob": np.zeros(0)}), None, 0, float("nan"))
+        bag = load_bag(feats_path)
+    feats_path = bag.path
     check_features_match(clf.meta["features"], bag.attrs, f"{feats_path} vs the classifier's {clf.meta.get('train_dir')}")
     if bag.dim != clf.dim:
         raise ValueError(f"{feats_path}: {bag.dim}-d features, but the classifier takes {clf.dim}-d features")
@@ -120,7 +128,8 @@ def heatmap_slide(slide_dir: Path, clf: TileClassifier, name: str, tag: str | No
     png = None
     if bag.coords is not None:
         png = draw_slide_scores(bag.attrs, bag.coords, prob, out_dir / f"heatmap_{name}.png",
-                                f"{bag.slide_id}: P({positive}) per tile ({name})", f"P({positive})", slide_dir)
+                                f"{bag.slide_id}: P({positive}) per tile ({name})", f"P({positive})", slide_dir,
+                                background=background)
     settings = {"classifier": clf.meta.get("source"), "classes": clf.classes, "positive": positive,
                 "features": str(feats_path), "weights_id": bag.attrs.get("weights_id"), "num_tiles": len(prob),
                 "mean_prob": float(prob.mean()), "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}

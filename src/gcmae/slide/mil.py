@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -23,6 +23,10 @@ import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
 from gcmae.io.atomic import atomic_path
+
+if TYPE_CHECKING:  # imported where used: they pull in h5py, the slide readers and matplotlib
+    from gcmae.slide.bags import Bag
+    from gcmae.slide.heatmap import Thumbnail
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -133,7 +137,7 @@ class SlidePrediction:
     attention_png: Path | None
 
 
-def check_bag_fits(mil: MILModel, bag: Any) -> None:
+def check_bag_fits(mil: MILModel, bag: Bag) -> None:
     """ValueError naming the bag's file when its features do not fit the model (size, encoder, pool)."""
     from gcmae.slide.tile_classifier import check_features_match
 
@@ -145,21 +149,23 @@ def check_bag_fits(mil: MILModel, bag: Any) -> None:
 
 @dataclass
 class BagAttention:
-    bag: Any  # gcmae.slide.bags.Bag
+    bag: Bag
     probs: np.ndarray  # (C,)
     attention: np.ndarray  # (N,)
     png: Path | None
 
 
-def attend_bag(mil: MILModel, path: Path, device: torch.device | str, csv_path: Path, png_path: Path | None,
-               slide_id: str | None = None, title_prob: bool = False) -> BagAttention:
-    """Predict the bag in `path` with `mil` (after checking it fits), write its per-tile attention to `csv_path`
-    and, when `png_path` is given and the tiles' coordinates are known, draw the attention relative to the most
-    attended tile over the slide (the title also gives P(last class) when `title_prob`)."""
-    from gcmae.slide.bags import load_bag
+def attend_bag(mil: MILModel, source: Path | Bag, device: torch.device | str, csv_path: Path, png_path: Path | None,
+               slide_id: str | None = None, title_prob: bool = False,
+               background: Thumbnail | None = None) -> BagAttention:
+    """Predict the bag (`source`: a bag file or a loaded bag) with `mil` after checking it fits, write its per-tile
+    attention to `csv_path` and, when `png_path` is given and the tiles' coordinates are known, draw the attention
+    relative to the most attended tile over the slide thumbnail (`background`, else read from the slide); the title
+    also gives P(last class) when `title_prob`."""
+    from gcmae.slide.bags import Bag, load_bag
     from gcmae.slide.heatmap import draw_slide_scores, write_tile_scores
 
-    bag = load_bag(path, slide_id=slide_id)
+    bag = source if isinstance(source, Bag) else load_bag(source, slide_id=slide_id)
     check_bag_fits(mil, bag)
     probs, attention = predict_bag(mil.model.to(device), bag.features, device)
     write_tile_scores(csv_path, bag.coords, {"attention": attention})
@@ -169,7 +175,7 @@ def attend_bag(mil: MILModel, path: Path, device: torch.device | str, csv_path: 
         if title_prob:
             title += f" (P({mil.classes[-1]}) = {probs[-1]:.3f})"
         png = draw_slide_scores(bag.attrs, bag.coords, attention / attention.max(), png_path, title,
-                                "attention / max attention", bag.path.parent)
+                                "attention / max attention", bag.path.parent, background=background)
     return BagAttention(bag, probs, attention, png)
 
 
