@@ -2,7 +2,7 @@ import math
 
 import torch
 
-from gcmae.evaluate.knn import knn_accuracy, knn_predict
+from gcmae.evaluate.knn import knn_accuracy, knn_predict, knn_probabilities
 
 
 def brute_force(train, train_y, query, num_classes, k, t, exclude_self=False):
@@ -45,3 +45,15 @@ def test_separable_clusters_are_classified():
     b = torch.tensor([0.0, 1.0]) + 0.01 * torch.randn(10, 2)
     feats, labels = torch.cat([a, b]), torch.tensor([0] * 10 + [1] * 10)
     assert knn_accuracy(feats, labels, feats, labels, 2, k=5, exclude_self=True) == 1.0
+
+
+def test_knn_probabilities_by_hand():
+    # query (1, 0); training points at 0°, 60° and 90° with labels 0, 1, 1; T = 1, k = 2:
+    # votes class 0: e^cos0 = e, class 1: e^cos60 = e^0.5 (the 90° point is the third neighbour)
+    train = torch.tensor([[1.0, 0.0], [0.5, math.sqrt(3) / 2], [0.0, 2.0]])
+    probs = knn_probabilities(train, torch.tensor([0, 1, 1]), torch.tensor([[3.0, 0.0]]), 2, k=2, temperature=1.0)
+    e, e_half = math.e, math.exp(0.5)
+    assert torch.allclose(probs, torch.tensor([[e / (e + e_half), e_half / (e + e_half)]]))
+    # k larger than the training set: all three vote (the 90° point with e^0 = 1)
+    probs = knn_probabilities(train, torch.tensor([0, 1, 1]), torch.tensor([[3.0, 0.0]]), 2, k=50, temperature=1.0)
+    assert torch.allclose(probs, torch.tensor([[e / (e + e_half + 1), (e_half + 1) / (e + e_half + 1)]]))

@@ -31,6 +31,15 @@ def knn_predict(
     return torch.cat(scores)
 
 
+def knn_probabilities(
+    train_features: torch.Tensor, train_labels: torch.Tensor, query_features: torch.Tensor, num_classes: int,
+    k: int = 200, temperature: float = 0.07,
+) -> torch.Tensor:
+    """Class probabilities (Q, C): each query's kNN votes divided by their sum (k capped at the training size)."""
+    votes = knn_predict(train_features, train_labels, query_features, num_classes, k, temperature)
+    return votes / votes.sum(dim=1, keepdim=True)
+
+
 def knn_accuracy(
     train_features: torch.Tensor, train_labels: torch.Tensor, query_features: torch.Tensor,
     query_labels: torch.Tensor, num_classes: int, k: int = 200, temperature: float = 0.07, exclude_self: bool = False,

@@ -5,7 +5,7 @@ from typing import Any
 
 from gcmae.evaluate.common import train_val_features, weights_summary
 from gcmae.evaluate.features import FeatureSet
-from gcmae.evaluate.knn import knn_predict
+from gcmae.evaluate.knn import knn_probabilities
 from gcmae.evaluate.metrics import classification_metrics
 from gcmae.evaluate.options import KNNOptions, settings
 from gcmae.evaluate.report import console_table, save_evaluation
@@ -19,8 +19,7 @@ def knn_results(
     results = {}
     for k in (*ks, 1):
         k_eff = min(k, len(train.files))
-        votes = knn_predict(train.features, train.labels, val.features, num_classes, k_eff, temperature)
-        probs = votes / votes.sum(dim=1, keepdim=True)
+        probs = knn_probabilities(train.features, train.labels, val.features, num_classes, k_eff, temperature)
         name = "nn1" if k == 1 else f"knn_k{k}"
         results[name] = {**classification_metrics(val.labels, probs, train.classes), "k": k_eff,
                          "temperature": temperature}

@@ -13,7 +13,7 @@ from sklearn.model_selection import StratifiedKFold
 
 from gcmae.evaluate.common import open_labelled_pair
 from gcmae.evaluate.features import Encoder, FeatureSet, folder_features, open_folder
-from gcmae.evaluate.knn import knn_predict
+from gcmae.evaluate.knn import knn_probabilities
 from gcmae.evaluate.linprobe import fit_logistic_probe, probe_probabilities
 from gcmae.evaluate.metrics import classification_metrics
 
@@ -56,17 +56,12 @@ class ProtocolSettings:
     seed: int = 0
 
 
-def _knn_probs(train_x: torch.Tensor, train_y: torch.Tensor, query_x: torch.Tensor, num_classes: int, k: int,
-               temperature: float) -> np.ndarray:
-    votes = knn_predict(train_x, train_y, query_x, num_classes, min(k, len(train_y)), temperature)
-    return (votes / votes.sum(dim=1, keepdim=True)).numpy()
-
-
 def _all_probs(train_x: torch.Tensor, train_y: torch.Tensor, query_x: torch.Tensor, num_classes: int,
                s: ProtocolSettings) -> dict[str, np.ndarray]:
     """Class probabilities of every protocol for the queries, from one training split."""
-    out = {f"knn_k{k}": _knn_probs(train_x, train_y, query_x, num_classes, k, s.temperature) for k in s.knn_k}
-    out["nn1"] = _knn_probs(train_x, train_y, query_x, num_classes, 1, s.temperature)
+    out = {f"knn_k{k}": knn_probabilities(train_x, train_y, query_x, num_classes, k, s.temperature).numpy()
+           for k in s.knn_k}
+    out["nn1"] = knn_probabilities(train_x, train_y, query_x, num_classes, 1, s.temperature).numpy()
     clf, _ = fit_logistic_probe(train_x, train_y, s.logreg_c, s.max_iter, s.seed)
     out["logreg"] = probe_probabilities(clf, query_x, num_classes)
     return out
