@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from gcmae.evaluate.metrics import classification_metrics, confusion_csv
+from gcmae.evaluate.metrics import HEADLINE_METRICS, classification_metrics, confusion_csv
 from gcmae.viz.confusion import plot_confusion_matrix
 
 CLASSES = ["a", "b", "c"]
@@ -83,3 +83,12 @@ def test_confusion_csv_and_png(tmp_path):
     png = plot_confusion_matrix(CONFUSION, CLASSES, tmp_path / "cm.png", "test")
     with Image.open(png) as img:
         assert img.format == "PNG" and min(img.size) > 200
+
+
+def test_every_headline_metric_is_computed_and_can_pick_the_best_finetune_epoch():
+    from gcmae.evaluate.options import CHOICES
+
+    m = classification_metrics(np.array([0, 1, 1, 0]), np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]]),
+                               ["a", "b"])
+    assert set(HEADLINE_METRICS) <= set(m) and all(isinstance(m[k], float) for k in HEADLINE_METRICS)
+    assert set(CHOICES["metric"]) == set(HEADLINE_METRICS)

@@ -13,12 +13,12 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 from torchvision import transforms as T
 
-from gcmae.evaluate.metrics import classification_metrics
+from gcmae.evaluate.metrics import HEADLINE_METRICS, classification_metrics
 from gcmae.train.module import NonFiniteLossError
 from gcmae.train.optim import build_adamw_layer_decay, scaled_lr, warmup_cosine_config
 
 HEAD_INIT_STD = 2e-5  # MAE's main_finetune.py: trunc_normal_(head.weight, std=2e-5)
-VAL_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "auc")
+VAL_METRICS = tuple(HEADLINE_METRICS)
 
 
 def finetune_train_transform(img_size: int, mean: tuple, std: tuple, crop_scale: tuple[float, float] = (0.08, 1.0),

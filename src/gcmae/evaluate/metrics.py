@@ -23,6 +23,10 @@ from gcmae.io.atomic import write_text_atomic
 
 ArrayLike = np.ndarray | torch.Tensor
 
+# The summary every evaluation reports, with the label tables use (the full dict has more).
+HEADLINE_METRICS = {"accuracy": "accuracy", "balanced_accuracy": "balanced acc.", "macro_f1": "macro-F1",
+                    "auc": "AUC"}
+
 
 def _numpy(x: ArrayLike) -> np.ndarray:
     return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)

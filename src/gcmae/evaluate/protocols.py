@@ -15,9 +15,9 @@ from gcmae.evaluate.common import open_labelled_pair
 from gcmae.evaluate.features import Encoder, FeatureSet, folder_features, open_folder
 from gcmae.evaluate.knn import knn_probabilities
 from gcmae.evaluate.linprobe import fit_logistic_probe, probe_probabilities
-from gcmae.evaluate.metrics import classification_metrics
+from gcmae.evaluate.metrics import HEADLINE_METRICS, classification_metrics
 
-SUMMARY_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "auc")
+SUMMARY_METRICS = tuple(HEADLINE_METRICS)
 
 
 @dataclass(frozen=True)

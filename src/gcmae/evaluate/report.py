@@ -5,12 +5,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from gcmae.evaluate.metrics import write_confusion_csv
+from gcmae.evaluate.metrics import HEADLINE_METRICS, write_confusion_csv
 from gcmae.io.atomic import write_text_atomic
 from gcmae.viz.confusion import plot_confusion_matrix
 
-COLUMNS = (("accuracy", "accuracy"), ("balanced_accuracy", "balanced acc."), ("macro_f1", "macro-F1"),
-           ("auc", "AUC"))
+COLUMNS = tuple(HEADLINE_METRICS.items())
 
 
 def _fmt(value: Any) -> str:
