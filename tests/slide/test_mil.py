@@ -16,6 +16,7 @@ from gcmae.evaluate.features import load_encoder
 from gcmae.io.arrays import ArrayFileError
 from gcmae.slide.bags import find_bags, load_bag, read_labels_csv
 from gcmae.slide.mil import ABMILConfig, GatedABMIL, load_mil_model, predict_bag, predict_slides
+from gcmae.slide import mil_train
 from gcmae.slide.mil_train import MILTrainOptions, train_mil
 from gcmae.slide.proxy import ProxySpec, proxy_bags, run_proxy
 from tests.slide.slide_helpers import MPP, TILE, pcam_subset
@@ -171,6 +172,39 @@ def test_train_mil_returns_what_load_mil_model_reads_back(tmp_path):
     assert state.keys() == ref.keys()
     for k, v in ref.items():
         assert state[k].device.type == "cpu" and torch.equal(state[k], v), k
+
+
+@pytest.mark.parametrize("budget_bags", [0, 5])
+def test_bags_beyond_the_preload_budget_are_streamed_and_train_the_same_model(tmp_path, monkeypatch, budget_bags):
+    bags = _bags(tmp_path / "bags", dim=16)
+    sizes = [load_bag(p).features.nbytes for _, p in sorted(find_bags(bags).items())]
+    budget_gb = sum(sizes[:budget_bags]) / 1e9  # exactly the first `budget_bags` bags fit
+    reads: list[str] = []
+    real_load_bag = mil_train.load_bag
+
+    def counting_load_bag(path, slide_id=None):
+        reads.append(slide_id)
+        return real_load_bag(path, slide_id=slide_id)
+
+    def run(name: str, max_preload_gb: float):
+        opts = MILTrainOptions(features=str(bags), labels=str(bags / "labels.csv"), out=str(tmp_path / name),
+                               epochs=4, val_fraction=0.34, device="cpu", max_preload_gb=max_preload_gb)
+        return train_mil(opts, progress=False)
+
+    held = run("held", 1.0)
+    monkeypatch.setattr(mil_train, "load_bag", counting_load_bag)
+    streamed = run("streamed", budget_gb)
+    epochs = streamed.config["epochs_run"]
+    # each bag read once to check it; then a streamed bag at every training step and evaluation
+    streamed_ids = {f"s{i:02d}" for i in range(budget_bags, 12)}
+    assert set(reads) == {f"s{i:02d}" for i in range(12)}
+    assert {sid for sid in reads if reads.count(sid) > 1} == streamed_ids
+    assert len(reads) == 12 + len(streamed_ids) * (epochs + 1)  # + 1: final metrics of the best weights
+    for key, ref in held.model.state_dict().items():
+        assert torch.equal(streamed.model.state_dict()[key], ref), key
+    assert streamed.config["metrics"] == held.config["metrics"]
+    assert (tmp_path / "streamed" / "history.csv").read_text() == (tmp_path / "held" / "history.csv").read_text()
+    assert "max_preload_gb" not in streamed.config["settings"]  # the budget does not change the model
 
 
 def test_clear_errors_for_bad_labels_bags_and_models(tmp_path):

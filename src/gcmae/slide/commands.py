@@ -143,7 +143,9 @@ def _add_mil_parsers(sub: argparse._SubParsersAction) -> None:
             ("max-tiles", int, None, "random subset of at most this many tiles per bag and training step"),
             ("seed", int, 0, "split, init and order seed"),
             ("tile-mpp", float, None, "tile µm/px, for bags that do not record it"),
-            ("tile-size", int, None, "tile px, for bags that do not record it")):
+            ("tile-size", int, None, "tile px, for bags that do not record it"),
+            ("max-preload-gb", float, 4.0, "bags held in memory up to this size; the rest are re-read from disk "
+                                           "at each use (same model, less memory)")):
         p.add_argument(f"--{name}", type=tp, default=default, help=f"{hlp} (default: {default})".strip())
     p.add_argument("--monitor", choices=("loss", "auc"), default="loss", help="early stopping on val loss or AUC")
     p.add_argument("--tile-classifier", default=None, help="a gcmae tile-classifier folder to ship with the model "

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -28,7 +28,7 @@ from gcmae.evaluate.metrics import classification_metrics
 from gcmae.evaluate.report import metrics_table
 from gcmae.io.atomic import write_csv_atomic, write_text_atomic
 from gcmae.seeding import derive_seed
-from gcmae.slide.bags import MATCH_KEYS, Bag, find_bags, load_bag, read_labels_csv, sorted_classes
+from gcmae.slide.bags import MATCH_KEYS, find_bags, load_bag, read_labels_csv, sorted_classes
 from gcmae.slide.mil import CONFIG_FILE, FORMAT, MODEL_FILE, ABMILConfig, GatedABMIL, MILModel, load_mil_model, \
     save_weights
 from gcmae.slide.tile_classifier import load_tile_classifier
@@ -65,9 +65,47 @@ class MILTrainOptions:
     tile_classifier: str | None = None  # copied into the model folder for gcmae diagnose
     overwrite: bool = False
     cpu_threads: int | None = 1  # MIL steps are tiny: one thread avoids thread-pool overhead (~1 vs 3 ms/step)
+    max_preload_gb: float = 4.0  # bags are held in memory up to this many GB; the rest are re-read at each use
 
 
-def _load_labelled_bags(opts: MILTrainOptions, progress: bool = True) -> tuple[list[Bag], list[str]]:
+@dataclass
+class BagInfo:
+    """What training needs of a bag besides its features (which `BagFeatures` holds or re-reads)."""
+
+    slide_id: str
+    path: Path
+    attrs: dict[str, Any]
+    dim: int
+
+
+class BagFeatures:
+    """The training bags' features by index: the first ones held in memory while they fit in `budget_bytes`,
+    the others read from their files at every use, so a cohort larger than memory still trains."""
+
+    def __init__(self, infos: list[BagInfo], budget_bytes: int, device: torch.device) -> None:
+        self.infos, self.budget_bytes, self.device = infos, budget_bytes, device
+        self.held: dict[int, torch.Tensor] = {}
+        self.held_bytes = 0
+
+    def offer(self, i: int, features: np.ndarray) -> None:
+        """Keep bag i's features (just read while checking the bags) if they fit in the budget."""
+        if self.held_bytes + features.nbytes <= self.budget_bytes:
+            self.held[i] = torch.from_numpy(features).to(self.device)
+            self.held_bytes += features.nbytes
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        if i in self.held:
+            return self.held[i]
+        info = self.infos[i]
+        return torch.from_numpy(load_bag(info.path, slide_id=info.slide_id).features).to(self.device)
+
+    def __len__(self) -> int:
+        return len(self.infos)
+
+
+def _load_labelled_bags(opts: MILTrainOptions, device: torch.device,
+                        progress: bool = True) -> tuple[BagFeatures, list[str]]:
+    """Every labelled bag read (and checked) once; its features kept while `opts.max_preload_gb` allows."""
     labels = read_labels_csv(opts.labels)
     paths = find_bags(opts.features, opts.tag)
     missing = sorted(set(labels) - set(paths))
@@ -81,14 +119,21 @@ def _load_labelled_bags(opts: MILTrainOptions, progress: bool = True) -> tuple[l
     if unlabelled:
         log.info("%d bag(s) have no label and are not used", len(unlabelled))
     ids = sorted(set(paths) & set(labels))
-    bags = [load_bag(paths[i], slide_id=i)
-            for i in tqdm(ids, desc="loading bags", unit="bag", leave=False, disable=not progress)]
-    if not bags:
+    if not ids:
         raise ValueError(f"no labelled bags: no slide id of {opts.labels} has a bag in {opts.features}")
-    return bags, [labels[b.slide_id] for b in bags]
+    infos: list[BagInfo] = []
+    bags = BagFeatures(infos, int(opts.max_preload_gb * 1e9), device)
+    for i, sid in enumerate(tqdm(ids, desc="loading bags", unit="bag", leave=False, disable=not progress)):
+        bag = load_bag(paths[sid], slide_id=sid)
+        infos.append(BagInfo(bag.slide_id, bag.path, bag.attrs, bag.dim))
+        bags.offer(i, bag.features)
+    if len(bags.held) < len(infos):
+        log.info("%d of %d bags held in memory (%.2f GB, --max-preload-gb %g); the others are read from disk at "
+                 "each use", len(bags.held), len(infos), bags.held_bytes / 1e9, opts.max_preload_gb)
+    return bags, [labels[b.slide_id] for b in infos]
 
 
-def _common_record(bags: list[Bag], opts: MILTrainOptions) -> tuple[dict[str, Any], dict[str, Any]]:
+def _common_record(bags: list[BagInfo], opts: MILTrainOptions) -> tuple[dict[str, Any], dict[str, Any]]:
     """(encoder record, tile geometry) shared by every bag; an error naming the first bag that differs."""
     dims = {b.dim for b in bags}
     if len(dims) > 1:
@@ -131,10 +176,10 @@ def _split(ids: list[str], y: np.ndarray, classes: list[str], frac: float, seed:
 
 
 @torch.no_grad()
-def _evaluate(model: GatedABMIL, xs: list[torch.Tensor], y: np.ndarray, weight: torch.Tensor,
+def _evaluate(model: GatedABMIL, xs: Iterable[torch.Tensor], y: np.ndarray, weight: torch.Tensor,
               classes: list[str]) -> tuple[float, dict[str, Any]]:
     model.eval()
-    logits = torch.stack([model(x)[0] for x in xs])
+    logits = torch.stack([model(x)[0] for x in xs])  # one bag at a time: a streamed bag is freed after its use
     target = torch.as_tensor(y, device=logits.device)
     loss = float(F.cross_entropy(logits, target, weight=weight))
     return loss, classification_metrics(y, torch.softmax(logits, 1).cpu().numpy(), classes)
@@ -142,7 +187,7 @@ def _evaluate(model: GatedABMIL, xs: list[torch.Tensor], y: np.ndarray, weight: 
 
 def _settings(opts: MILTrainOptions) -> dict[str, Any]:
     s = asdict(opts)
-    for key in ("overwrite", "device", "cpu_threads"):
+    for key in ("overwrite", "device", "cpu_threads", "max_preload_gb"):  # they do not change the model
         s.pop(key)
     return s
 
@@ -170,7 +215,9 @@ def train_mil(opts: MILTrainOptions, progress: bool = True) -> MILModel:
     if not opts.overwrite and _already_trained(out, settings):
         log.info("%s already holds this model; not retraining", out)
         return load_mil_model(out)
-    bags, labels = _load_labelled_bags(opts, progress)
+    device = resolve_device(opts.device)
+    xs, labels = _load_labelled_bags(opts, device, progress)
+    bags = xs.infos
     record, tiles = _common_record(bags, opts)
     classes = sorted_classes(labels)
     y = np.array([classes.index(label) for label in labels])
@@ -180,8 +227,6 @@ def train_mil(opts: MILTrainOptions, progress: bool = True) -> MILModel:
     if clf is not None and record and clf.meta["features"].get("weights_id") != record.get("weights_id"):
         raise ValueError(f"{opts.tile_classifier} was fitted on features of {clf.meta['features'].get('checkpoint')}, "
                          f"the bags come from {record.get('checkpoint')}")
-    device = resolve_device(opts.device)
-    xs = [torch.from_numpy(b.features).to(device) for b in bags]
     arch = ABMILConfig(bags[0].dim, len(classes), opts.hidden_dim, opts.attn_dim, opts.dropout)
     counts = np.bincount(y[tr], minlength=len(classes))
     if (counts == 0).any():
@@ -211,7 +256,7 @@ def train_mil(opts: MILTrainOptions, progress: bool = True) -> MILModel:
                 losses.append(loss.item())
             row: dict[str, Any] = {"epoch": epoch, "train_loss": float(np.mean(losses))}
             if va:
-                val_loss, m = _evaluate(model, [xs[i] for i in va], y[va], weight, classes)
+                val_loss, m = _evaluate(model, (xs[i] for i in va), y[va], weight, classes)
                 row.update(val_loss=val_loss, val_auc=m["auc"], val_balanced_accuracy=m["balanced_accuracy"])
                 score = -val_loss if opts.monitor == "loss" else (m["auc"] or 0.0, -val_loss)
             else:
@@ -232,7 +277,7 @@ def train_mil(opts: MILTrainOptions, progress: bool = True) -> MILModel:
 
 
 def _finish(opts: MILTrainOptions, out: Path, settings: dict[str, Any], arch: ABMILConfig, classes: list[str],
-            ids: list[str], y: np.ndarray, tr: list[int], va: list[int], xs: list[torch.Tensor],
+            ids: list[str], y: np.ndarray, tr: list[int], va: list[int], xs: BagFeatures,
             weight: torch.Tensor, best_epoch: int, history: list[dict[str, Any]], record: dict[str, Any],
             tiles: dict[str, Any], has_clf: bool, n_bags: int) -> MILModel:
     """Metrics of the best weights, the tile classifier copy, config.json (last) and report.md."""
@@ -240,10 +285,10 @@ def _finish(opts: MILTrainOptions, out: Path, settings: dict[str, Any], arch: AB
     from safetensors.torch import load_file
 
     model.load_state_dict(load_file(str(out / MODEL_FILE)))
-    model.to(xs[0].device)
-    results = {"train": _evaluate(model, [xs[i] for i in tr], y[tr], weight, classes)[1]}
+    model.to(xs.device)
+    results = {"train": _evaluate(model, (xs[i] for i in tr), y[tr], weight, classes)[1]}
     if va:
-        results["validation"] = _evaluate(model, [xs[i] for i in va], y[va], weight, classes)[1]
+        results["validation"] = _evaluate(model, (xs[i] for i in va), y[va], weight, classes)[1]
     if has_clf:
         dst = out / CLASSIFIER_DIR
         dst.mkdir(exist_ok=True)
