@@ -31,7 +31,7 @@ from gcmae.io.paths import sweep_dead_claimers, unique_names
 from gcmae.io.shared_csv import rewrite_shared_csv
 from gcmae.slide.coords import COORDS_FILENAME
 from gcmae.slide.reader import SlideReadError
-from gcmae.slide.tiling import SlideMetadataError, tile_slide
+from gcmae.slide.tiling import SlideMetadataError, TilingSettings, tile_slide
 from gcmae.slide.tissue import DEFAULT_MASK_SIZE
 
 logger = logging.getLogger(__name__)
@@ -42,21 +42,6 @@ SLIDE_EXTENSIONS = frozenset(
 )
 CONFIG_FILENAME, SUMMARY_FILENAME, FAILURES_FILENAME = "tiling_config.yaml", "summary.json", "failures.csv"
 WORKER_DIED = "worker process died while tiling (killed or out of memory); re-run to retry"
-
-
-@dataclass(frozen=True)
-class TilingSettings:
-    """Everything that decides what a job's outputs contain (saved as ``tiling_config.yaml``)."""
-
-    tile_size: int = 224
-    mpp: float | None = None
-    magnification: float | None = None
-    slide_mpp: float | None = None
-    min_tissue: float = 0.5
-    overlap: int = 0
-    mask_size: int = DEFAULT_MASK_SIZE
-    remove_pen: bool = False
-    export_png: bool = False
 
 
 @dataclass
@@ -100,11 +85,7 @@ def _tile_one(slide: Path, out_dir: Path, name: str, settings: TilingSettings, o
     """Tile one slide; runs in the main process or in a worker (a module-level function: spawn-safe)."""
     t0 = time.perf_counter()
     try:
-        result = tile_slide(slide, out_dir, settings.tile_size, settings.mpp, settings.min_tissue,
-                            slide_mpp=settings.slide_mpp, magnification=settings.magnification,
-                            overlap=settings.overlap, name=name, mask_size=settings.mask_size,
-                            remove_pen=settings.remove_pen, export_png=settings.export_png,
-                            overwrite=overwrite, progress=progress)
+        result = tile_slide(slide, out_dir, **asdict(settings), name=name, overwrite=overwrite, progress=progress)
     except (SlideReadError, SlideMetadataError) as exc:
         if not catch:
             raise

@@ -18,7 +18,7 @@ import math
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -37,6 +37,21 @@ __all__ = ["MissingMPPError", "MissingMagnificationError", "SlideMetadataError",
 logger = logging.getLogger(__name__)
 
 _PNG_COMPRESS_LEVEL = 3  # lossless either way; lower = faster writes, larger files
+
+
+@dataclass(frozen=True)
+class TilingSettings:
+    """Everything that decides what a job's outputs contain (saved as ``tiling_config.yaml``)."""
+
+    tile_size: int = 224
+    mpp: float | None = None
+    magnification: float | None = None
+    slide_mpp: float | None = None
+    min_tissue: float = 0.5
+    overlap: int = 0
+    mask_size: int = DEFAULT_MASK_SIZE
+    remove_pen: bool = False
+    export_png: bool = False
 
 
 class SlideMetadataError(ValueError):
@@ -217,19 +232,18 @@ def tile_slide(path: str | Path, out_dir: str | Path, tile_size: int = 224, mpp:
             return SlideTilingResult(slide=path, out_dir=slide_dir, skipped=True, busy=True)
         if coords_path.exists() and not overwrite:  # finished by another process in the meantime
             return SlideTilingResult(slide=path, out_dir=slide_dir, skipped=True)
-        settings = {"tile_size": tile_size, "mpp": mpp, "min_tissue": min_tissue, "slide_mpp": slide_mpp,
-                    "magnification": magnification, "overlap": overlap, "mask_size": mask_size,
-                    "remove_pen": remove_pen, "export_png": export_png}
+        settings = TilingSettings(tile_size, mpp, magnification, slide_mpp, min_tissue, overlap, mask_size, remove_pen,
+                                  export_png)
         return _tile_claimed(path, slide_dir, settings, progress)
 
 
-def _tile_claimed(path: Path, slide_dir: Path, settings: dict[str, Any], progress: bool) -> SlideTilingResult:
+def _tile_claimed(path: Path, slide_dir: Path, settings: TilingSettings, progress: bool) -> SlideTilingResult:
     coords_path, tiles_dir = slide_dir / COORDS_FILENAME, slide_dir / "tiles"
-    min_tissue = settings["min_tissue"]
+    min_tissue = settings.min_tissue
     with open_slide(path) as reader:
-        grid = plan_grid(reader, settings["tile_size"], settings["mpp"], settings["slide_mpp"],
-                         magnification=settings["magnification"], overlap=settings["overlap"])
-        tissue = slide_tissue_mask(reader, max_size=settings["mask_size"], remove_pen=settings["remove_pen"])
+        grid = plan_grid(reader, settings.tile_size, settings.mpp, settings.slide_mpp,
+                         magnification=settings.magnification, overlap=settings.overlap)
+        tissue = slide_tissue_mask(reader, max_size=settings.mask_size, remove_pen=settings.remove_pen)
         fractions = tissue_fractions(tissue, grid)
         rows, cols = np.nonzero(fractions >= min_tissue)  # row-major order: by y, then x
         tiles = [TileRecord(int(c) * grid.step, int(r) * grid.step, float(fractions[r, c]))
@@ -239,7 +253,7 @@ def _tile_claimed(path: Path, slide_dir: Path, settings: dict[str, Any], progres
             shutil.rmtree(tiles_dir)  # leftovers of an interrupted or earlier run
         for stale in slide_dir.glob(".*.tmp"):
             stale.unlink()
-        if settings["export_png"]:
+        if settings.export_png:
             tiles_dir.mkdir(parents=True)
             try:
                 for t in tqdm(tiles, desc=path.name, unit="tile", leave=False, disable=not progress):
@@ -247,7 +261,7 @@ def _tile_claimed(path: Path, slide_dir: Path, settings: dict[str, Any], progres
             except Exception:
                 shutil.rmtree(slide_dir, ignore_errors=True)  # never leave a partial slide behind
                 raise
-        dimensions, slide_mpp = reader.dimensions, settings["slide_mpp"] or reader.mpp
+        dimensions, slide_mpp = reader.dimensions, settings.slide_mpp or reader.mpp
     warning = None
     if not tiles:
         warning = "no tissue detected: 0 tiles" if not tissue.mask.any() else \
@@ -257,9 +271,9 @@ def _tile_claimed(path: Path, slide_dir: Path, settings: dict[str, Any], progres
     _save_png(_overlay(tissue, grid, tiles), slide_dir / "thumbnail.png")
     write_text_atomic(slide_dir / "tissue.geojson", json.dumps(tissue.to_geojson()))
     coords = np.array([(t.x, t.y) for t in tiles], dtype=np.int64).reshape(-1, 2)
-    attrs = {"min_tissue": min_tissue, "overlap": settings["overlap"],
-             "magnification": settings["magnification"],  # None is stored as NaN by write_coords_h5
-             "mask_size": settings["mask_size"], "remove_pen": bool(settings["remove_pen"]),
+    attrs = {"min_tissue": min_tissue, "overlap": settings.overlap,
+             "magnification": settings.magnification,  # None is stored as NaN by write_coords_h5
+             "mask_size": settings.mask_size, "remove_pen": bool(settings.remove_pen),
              "tissue_threshold": tissue.threshold}
     write_coords_h5(coords_path, SlideTiles(  # last: marks the slide as finished
         slide_path=path.resolve(), name=slide_dir.name, grid=grid, coords=coords,
