@@ -169,6 +169,13 @@ def test_bad_option_values(pcam_pair, tmp_path, capsys):
     assert "layer_decay must be in (0, 1], got 1.5" in capsys.readouterr().err
     assert main(cli(tmp_path, *pcam_pair, *RANDOM, "--metric", "auc", "--config", str(tmp_path / "no.yaml"))) == 2
     assert "config file not found" in capsys.readouterr().err
+    # fine-tuning embeds no folder to cache: a feature-cache option is an error, not silently ignored
+    with pytest.raises(SystemExit):
+        main(cli(tmp_path, *pcam_pair, *RANDOM, "--cache-dir", str(tmp_path / "cache")))
+    assert "unrecognized arguments: --cache-dir" in capsys.readouterr().err
+    (tmp_path / "ft.yaml").write_text("cache_dir: runs/feature-cache\n")
+    assert main(cli(tmp_path, *pcam_pair, *RANDOM, "--config", str(tmp_path / "ft.yaml"))) == 2
+    assert "unknown config key(s) cache_dir" in capsys.readouterr().err
 
 
 def test_configs_hold_the_recipe():

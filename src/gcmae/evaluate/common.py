@@ -8,7 +8,7 @@ import torch
 
 from gcmae.data.datasets import ImageFolderDataset
 from gcmae.evaluate.features import Encoder, FeatureSet, folder_features, load_encoder, open_folder
-from gcmae.evaluate.options import BaseOptions, EvalOptions
+from gcmae.evaluate.options import BaseOptions, KNNOptions, LinprobeOptions
 
 
 def resolve_device(name: str) -> torch.device:
@@ -48,7 +48,7 @@ def open_labelled_pair(train: str | Path, val: str | Path) -> tuple[ImageFolderD
     return train_ds, val_ds
 
 
-def train_val_features(opts: EvalOptions) -> tuple[Encoder, FeatureSet, FeatureSet]:
+def train_val_features(opts: KNNOptions | LinprobeOptions) -> tuple[Encoder, FeatureSet, FeatureSet]:
     """The encoder of the options and the (cached) features of the labelled train and val folders."""
     train_ds, val_ds = open_labelled_pair(opts.train, opts.val)
     encoder = encoder_from_options(opts)

@@ -25,9 +25,15 @@ class BaseOptions:
     pool: str = "cls"
     batch_size: int = 128  # images per forward pass when embedding
     num_workers: int = 0
-    cache_dir: str = "runs/feature-cache"  # "" disables the feature cache
     device: str = "auto"
     seed: int = 0
+
+
+@dataclass
+class CachedFeatureOptions(BaseOptions):
+    """Commands that embed folders with the frozen encoder (not fine-tuning) and cache the features."""
+
+    cache_dir: str = "runs/feature-cache"  # "" disables the feature cache
 
 
 @dataclass
@@ -37,13 +43,13 @@ class EvalOptions(BaseOptions):
 
 
 @dataclass
-class KNNOptions(EvalOptions):
+class KNNOptions(EvalOptions, CachedFeatureOptions):
     k: tuple[int, int] = (20, 200)
     temperature: float = 0.07
 
 
 @dataclass
-class LinprobeOptions(EvalOptions):
+class LinprobeOptions(EvalOptions, CachedFeatureOptions):
     protocol: str = "fast"  # "fast": logistic regression on cached features; "paper": LARS + BN + linear head
     logreg_c: float = 1.0  # fast: inverse L2 strength of the logistic regression (on standardised features)
     max_iter: int = 1000  # fast: L-BFGS iterations
@@ -75,7 +81,7 @@ class FinetuneOptions(EvalOptions):
 
 
 @dataclass
-class VisualizeOptions(BaseOptions):
+class VisualizeOptions(CachedFeatureOptions):
     data: str = ""  # image folder (class sub-folders colour the t-SNE)
     what: str = "tsne,attention"  # comma-separated: tsne, umap, attention, reconstruction
     num_images: int = 6  # attention / reconstruction rows
@@ -120,7 +126,6 @@ CLASS_HELP: dict[type, dict[str, str]] = {  # per-command help where a shared fi
     FinetuneOptions: {
         "train": "labelled folder (one sub-folder per class): the fine-tuning training set",
         "val": "labelled folder with the same classes: picks the best epoch, then is evaluated",
-        "cache_dir": "not used by fine-tuning",
         "batch_size": "training batch (also the evaluation batch); lr = base_lr x batch / 256",
         "epochs": "training epochs",
         "warmup_epochs": "linear warm-up epochs (per iteration), then half-cycle cosine to min_lr",
@@ -214,6 +219,4 @@ def settings(opts: Any) -> dict[str, Any]:
             if protocol != opts.protocol:
                 for name in names:
                     values.pop(name)
-    if isinstance(opts, FinetuneOptions):
-        values.pop("cache_dir")  # fine-tuning embeds nothing to cache
     return values
