@@ -20,6 +20,7 @@ from gcmae.slide.coords import read_coords_h5
 from gcmae.slide.diagnose import DiagnoseOptions, diagnose
 from gcmae.slide.features import encoder_record
 from gcmae.slide.mil import load_mil_model, predict_bag
+from gcmae.slide.mil_train import MILTrainOptions, train_mil
 from gcmae.slide.proxy import ProxySpec, run_proxy
 from gcmae.slide.reader import OpenSlideReader
 from gcmae.slide.tile_classifier import train_tile_classifier
@@ -115,3 +116,25 @@ def test_diagnose_refuses_a_changed_or_missing_encoder_and_unusable_models(model
     assert main(["diagnose", str(tmp_path / "nope.svs"), "--model", str(model_dir)]) == 2
     assert "slide not found" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_mil_train_refuses_a_tile_classifier_of_other_features(model_dir, tmp_path):
+    bags = model_dir.parent / "train_bags"
+    clf = model_dir.parent.parent / "clf"
+
+    def train_with(classifier: Path):
+        return train_mil(MILTrainOptions(features=str(bags), labels=str(bags / "labels.csv"), out=str(tmp_path / "m"),
+                                         epochs=1, device="cpu", tile_classifier=str(classifier), overwrite=True),
+                         progress=False)
+
+    assert train_with(clf).config["tile_classifier"] == "tile_classifier"  # the matching one is taken
+    for key, value, message in (("weights_id", "0" * 64, "was fitted on features of"),
+                                ("pool", "mean", "pool: features 'cls' vs model 'mean'"),
+                                ("img_size", 64, "img_size: features 32 vs model 64")):
+        other = tmp_path / f"clf_{key}"
+        shutil.copytree(clf, other)
+        meta = json.loads((other / "classifier.json").read_text())
+        meta["features"][key] = value
+        (other / "classifier.json").write_text(json.dumps(meta))
+        with pytest.raises(ValueError, match=message):
+            train_with(other)

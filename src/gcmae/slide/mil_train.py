@@ -31,7 +31,7 @@ from gcmae.seeding import derive_seed
 from gcmae.slide.bags import MATCH_KEYS, find_bags, load_bag, read_labels_csv, sorted_classes
 from gcmae.slide.mil import CONFIG_FILE, FORMAT, MODEL_FILE, ABMILConfig, GatedABMIL, MILModel, load_mil_model, \
     save_weights
-from gcmae.slide.tile_classifier import load_tile_classifier
+from gcmae.slide.tile_classifier import check_features_match, load_tile_classifier
 
 log = logging.getLogger(__name__)
 
@@ -224,9 +224,11 @@ def train_mil(opts: MILTrainOptions, progress: bool = True) -> MILModel:
     ids = [b.slide_id for b in bags]
     tr, va = _split(ids, y, classes, opts.val_fraction, opts.seed)
     clf = load_tile_classifier(opts.tile_classifier) if opts.tile_classifier else None
-    if clf is not None and record and clf.meta["features"].get("weights_id") != record.get("weights_id"):
-        raise ValueError(f"{opts.tile_classifier} was fitted on features of {clf.meta['features'].get('checkpoint')}, "
-                         f"the bags come from {record.get('checkpoint')}")
+    if clf is not None and record:  # diagnose draws its heatmap from the bags' encoder: refuse a mismatch now
+        if clf.meta["features"].get("weights_id") != record.get("weights_id"):
+            raise ValueError(f"{opts.tile_classifier} was fitted on features of "
+                             f"{clf.meta['features'].get('checkpoint')}, the bags come from {record.get('checkpoint')}")
+        check_features_match(clf.meta["features"], record, f"--tile-classifier {opts.tile_classifier} vs the bags")
     arch = ABMILConfig(bags[0].dim, len(classes), opts.hidden_dim, opts.attn_dim, opts.dropout)
     counts = np.bincount(y[tr], minlength=len(classes))
     if (counts == 0).any():
