@@ -100,7 +100,8 @@ def add_evaluation_parsers(sub: argparse._SubParsersAction) -> None:
                                         "decay, RandAugment, label smoothing); best checkpoint by a val metric")
     add_option_arguments(p, FinetuneOptions)
     p.set_defaults(func=_finetune)
-    p = sub.add_parser("visualize", help="t-SNE and UMAP of features, cls attention maps, reconstructions (PNG + report.md)")
+    p = sub.add_parser("visualize", help="t-SNE and UMAP of features, cls attention maps, reconstructions "
+                                         "(PNG + report.md)")
     add_option_arguments(p, VisualizeOptions)
     p.set_defaults(func=_visualize)
     _add_transfer_parsers(sub)
