@@ -16,7 +16,7 @@ from gcmae.evaluate.features import load_encoder
 from gcmae.io.arrays import ArrayFileError
 from gcmae.slide.bags import find_bags, load_bag, read_labels_csv
 from gcmae.slide.mil import ABMILConfig, GatedABMIL, load_mil_model, predict_bag, predict_slides
-from gcmae.slide import mil_train
+from gcmae.slide import bag_store, mil_train
 from gcmae.slide.mil_train import MILTrainOptions, train_mil
 from gcmae.slide.proxy import ProxySpec, proxy_bags, run_proxy
 from tests.slide.slide_helpers import MPP, TILE, pcam_subset
@@ -192,7 +192,8 @@ def test_bags_beyond_the_preload_budget_are_streamed_and_train_the_same_model(tm
         return train_mil(opts, progress=False)
 
     held = run("held", 1.0)
-    monkeypatch.setattr(mil_train, "load_bag", counting_load_bag)
+    for module in (mil_train, bag_store):  # the first pass, then the streamed reads
+        monkeypatch.setattr(module, "load_bag", counting_load_bag)
     streamed = run("streamed", budget_gb)
     epochs = streamed.config["epochs_run"]
     # each bag read once to check it; then a streamed bag at every training step and evaluation

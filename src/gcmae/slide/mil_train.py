@@ -7,12 +7,10 @@ whenever they improve, and ``config.json`` is written last with everything `gcma
 """
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import json
 import logging
 import shutil
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -30,6 +28,7 @@ from gcmae.evaluate.metrics import classification_metrics
 from gcmae.evaluate.report import metrics_table
 from gcmae.io.atomic import write_csv_atomic, write_text_atomic
 from gcmae.seeding import derive_seed
+from gcmae.slide.bag_store import BagFeatures, BagInfo
 from gcmae.slide.bags import MATCH_KEYS, find_bags, load_bag, read_labels_csv, sorted_classes
 from gcmae.slide.mil import CONFIG_FILE, FORMAT, MODEL_FILE, ABMILConfig, GatedABMIL, MILModel, load_mil_model, \
     save_weights
@@ -68,58 +67,6 @@ class MILTrainOptions:
     overwrite: bool = False
     cpu_threads: int | None = 1  # MIL steps are tiny: one thread avoids thread-pool overhead (~1 vs 3 ms/step)
     max_preload_gb: float = 4.0  # bags are held in memory up to this many GB; the rest are re-read at each use
-
-
-@dataclass
-class BagInfo:
-    """What training needs of a bag besides its features (which `BagFeatures` holds or re-reads)."""
-
-    slide_id: str
-    path: Path
-    attrs: dict[str, Any]
-    dim: int
-
-
-def _heap_trimmer() -> Callable[[], object] | None:
-    """glibc's malloc_trim, where there is one (None elsewhere, e.g. macOS or musl)."""
-    try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-    except (OSError, AttributeError, TypeError):
-        return None
-
-
-class BagFeatures:
-    """The training bags' features by index: the first ones held in memory while they fit in `budget_bytes`,
-    the others read from their files at every use, so a cohort larger than memory still trains."""
-
-    # glibc keeps the heap pages of freed multi-MB arrays: without a trim, streaming 200 -> 400 bags of 2000 x 384
-    # grew peak memory 185 -> 345 MB; trimming every 16 reads keeps it flat (benchmarks/mil_memory.py)
-    TRIM_EVERY = 16
-
-    def __init__(self, infos: list[BagInfo], budget_bytes: int, device: torch.device) -> None:
-        self.infos, self.budget_bytes, self.device = infos, budget_bytes, device
-        self.held: dict[int, torch.Tensor] = {}
-        self.held_bytes = 0
-        self.streamed_reads = 0
-        self._trim = _heap_trimmer()
-
-    def offer(self, i: int, features: np.ndarray) -> None:
-        """Keep bag i's features (just read while checking the bags) if they fit in the budget."""
-        if self.held_bytes + features.nbytes <= self.budget_bytes:
-            self.held[i] = torch.from_numpy(features).to(self.device)
-            self.held_bytes += features.nbytes
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        if i in self.held:
-            return self.held[i]
-        info = self.infos[i]
-        self.streamed_reads += 1
-        if self._trim is not None and self.streamed_reads % self.TRIM_EVERY == 0:
-            self._trim(0)
-        return torch.from_numpy(load_bag(info.path, slide_id=info.slide_id).features).to(self.device)
-
-    def __len__(self) -> int:
-        return len(self.infos)
 
 
 def _load_labelled_bags(opts: MILTrainOptions, device: torch.device,
