@@ -164,8 +164,7 @@ def measure_training(args: argparse.Namespace, device: torch.device, timer: Time
         print(f"  round {r + 1}/{args.warmup + args.iters} ({label}): "
               + ", ".join(f"{name.split(' (')[0]} {times[name][-1]:.3f}s" if r >= args.warmup else name.split(" (")[0]
                           for name, _, _ in order), flush=True)
-    del model, optimizer, imgs
-    return times
+    return times  # the model and optimiser are freed with `step`'s closure
 
 
 # --------------------------------------------------------------------------------------------- bank operations alone
@@ -251,7 +250,6 @@ def main(argv: list[str] | None = None) -> int:
     bank = measure_bank(args, device, timer, dim, batches)
 
     mae_name = CONFIGS[0][0]
-    mae = statistics.median(times[mae_name])
     mae_fast = min(times[mae_name])  # denominator of the bank-alone shares: the fastest MAE step (conservative)
     b = args.batch_size
 

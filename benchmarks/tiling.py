@@ -26,6 +26,7 @@ the interpreter start and imports, printed separately). This is a report, not a 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import shutil
 import statistics
@@ -151,9 +152,7 @@ HISTOLAB_SNIPPET = textwrap.dedent("""
 def run_histolab(args: argparse.Namespace, work: Path) -> tuple[str, int, float] | str:
     python = args.histolab_python
     if python is None:
-        try:
-            import histolab  # noqa: F401
-        except ImportError:
+        if importlib.util.find_spec("histolab") is None:
             return "histolab not installed"
         python = sys.executable
     out = work / "histolab"
