@@ -208,6 +208,27 @@ def test_bags_beyond_the_preload_budget_are_streamed_and_train_the_same_model(tm
     assert "max_preload_gb" not in streamed.config["settings"]  # the budget does not change the model
 
 
+def test_a_streamed_bag_that_goes_bad_mid_training_stops_it_unfinished_and_a_rerun_completes(tmp_path, monkeypatch):
+    bags = _bags(tmp_path / "bags")
+    opts = MILTrainOptions(features=str(bags), labels=str(bags / "labels.csv"), out=str(tmp_path / "m"),
+                           epochs=3, val_fraction=0.34, device="cpu", max_preload_gb=0)
+    good = (bags / "s01.npz").read_bytes()
+    real_load_bag = bag_store.load_bag
+
+    def corrupt_after_the_first_pass(path, slide_id=None):  # the first streamed read finds the file damaged
+        (bags / "s01.npz").write_bytes(b"not a zip archive")
+        return real_load_bag(path, slide_id=slide_id)
+
+    monkeypatch.setattr(bag_store, "load_bag", corrupt_after_the_first_pass)
+    with pytest.raises(ArrayFileError, match="s01.npz"):
+        train_mil(opts, progress=False)
+    assert not (tmp_path / "m" / "config.json").exists()  # never looks finished
+    monkeypatch.undo()
+    (bags / "s01.npz").write_bytes(good)
+    assert train_mil(opts, progress=False).config["epochs_run"] >= 1
+    assert (tmp_path / "m" / "config.json").is_file()
+
+
 def test_clear_errors_for_bad_labels_bags_and_models(tmp_path):
     bags = _bags(tmp_path / "bags")
     labels = tmp_path / "labels.csv"
