@@ -35,3 +35,15 @@ def test_the_heap_is_trimmed_every_trim_every_streamed_reads(tmp_path):
     for step in range(2 * store.TRIM_EVERY + 3):
         store[step % 4]
     assert calls == [0, 0] and store.streamed_reads == 2 * store.TRIM_EVERY + 3
+
+
+def test_the_heap_trimmer_is_glibcs_malloc_trim_where_there_is_one():
+    import platform
+
+    from gcmae.slide.bag_store import _heap_trimmer
+
+    trim = _heap_trimmer()
+    if platform.libc_ver()[0] == "glibc":
+        assert trim is not None and trim(0) in (0, 1)  # 1: memory was released, 0: none to release
+    else:
+        assert trim is None

@@ -27,14 +27,16 @@ class BagInfo:
 def _heap_trimmer() -> Callable[[int], object] | None:
     """glibc's malloc_trim, where there is one (None elsewhere, e.g. macOS or musl)."""
     try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+        trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
     except (OSError, AttributeError, TypeError):
         return None
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int  # int malloc_trim(size_t pad)
+    return trim
 
 
 class BagFeatures:
-    """The training bags' features by index: the first ones held in memory while they fit in `budget_bytes`,
-    the others read from their files at every use, so a cohort larger than memory still trains."""
+    """The training bags' features by index: each bag offered is held in memory if it still fits in what is left of
+    `budget_bytes`, the others are read from their files at every use, so a cohort larger than memory still trains."""
 
     # glibc keeps the heap pages of freed multi-MB arrays: without a trim, streaming 200 -> 400 bags of 2000 x 384
     # grew peak memory 185 -> 345 MB; trimming every 16 reads keeps it flat (benchmarks/mil_memory.py)
