@@ -2,11 +2,10 @@
 from __future__ import annotations
 
 import csv
-import io
 from collections.abc import Callable
 from pathlib import Path
 
-from gcmae.io.atomic import write_bytes_atomic
+from gcmae.io.atomic import write_csv_atomic
 from gcmae.io.paths import claim
 
 LOCK_WAIT_S = 30.0  # then the rewrite proceeds even if the lock is still held: a lost row beats a stuck job
@@ -20,6 +19,4 @@ def rewrite_shared_csv(path: Path, header: tuple[str, str], update: Callable[[di
         if path.exists():
             with open(path, newline="") as fh:
                 rows = {r[header[0]]: r.get(header[1]) or "" for r in csv.DictReader(fh) if r.get(header[0])}
-        buf = io.StringIO()
-        csv.writer(buf, lineterminator="\n").writerows([header, *sorted(update(rows).items())])
-        write_bytes_atomic(path, buf.getvalue().encode())
+        write_csv_atomic(path, header, sorted(update(rows).items()))
