@@ -4,6 +4,7 @@ import json
 import shutil
 
 import numpy as np
+import torch
 import pytest
 
 from gcmae.cli import build_parser, main
@@ -96,6 +97,20 @@ def test_tsne_and_umap_share_one_feature_pass(pcam_pair, trained_checkpoint, tmp
                  str(tmp_path / "viz"), "--what", "tsne,umap", "--cache-dir", ""]) == 0
     assert len(passes) == 1 and list(drawn) == ["tsne", "umap"]
     np.testing.assert_array_equal(drawn["tsne"], drawn["umap"])
+
+
+def test_attention_and_reconstructions_share_one_image_sample(pcam_pair, trained_checkpoint, tmp_path, monkeypatch):
+    import gcmae.evaluate.visualize as visualize
+
+    loads, drawn = [], {}
+    real = visualize.sample_images
+    monkeypatch.setattr(visualize, "sample_images", lambda *a, **kw: loads.append(1) or real(*a, **kw))
+    monkeypatch.setattr(visualize, "plot_attention", lambda enc, imgs, *a: drawn.setdefault("attention", imgs))
+    monkeypatch.setattr(visualize, "plot_reconstructions", lambda m, imgs, *a: drawn.setdefault("recon", imgs))
+    assert main(["visualize", "--checkpoint", str(trained_checkpoint), "--data", str(pcam_pair[1]), "--out",
+                 str(tmp_path / "viz"), "--what", "attention,reconstruction", "--num-images", "3"]) == 0
+    assert len(loads) == 1 and set(drawn) == {"attention", "recon"} and len(drawn["attention"]) == 3
+    assert torch.equal(drawn["attention"], drawn["recon"])
 
 
 def test_reconstruction_needs_a_decoder(pcam_pair, timm_checkpoint, tmp_path, capsys):

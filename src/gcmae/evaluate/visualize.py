@@ -50,6 +50,11 @@ class Sources:
         return folder_features(self.encoder, self.dataset, opts.pool, opts.cache_dir or None, opts.batch_size,
                                opts.num_workers, resolve_device(opts.device), labelled=False)
 
+    @cached_property
+    def samples(self) -> tuple[torch.Tensor, list[str]]:
+        """The images (and titles) shown by the attention and reconstruction figures, loaded once for both."""
+        return sample_images(self.encoder, self.dataset, self.opts.num_images)
+
 
 def _feature_map(method: str, label: str) -> Callable[[Sources], tuple[str, str]]:
     def draw(src: Sources) -> tuple[str, str]:
@@ -64,7 +69,7 @@ def _feature_map(method: str, label: str) -> Callable[[Sources], tuple[str, str]
 
 def _attention(src: Sources) -> tuple[str, str]:
     encoder = src.encoder
-    imgs, titles = sample_images(encoder, src.dataset, src.opts.num_images)
+    imgs, titles = src.samples
     model = encoder.model.cpu().eval()
     plot_attention(model.encoder, imgs, src.out / "attention.png", encoder.mean, encoder.std, titles)
     return "cls-token attention of the last encoder block", "attention.png"
@@ -72,7 +77,7 @@ def _attention(src: Sources) -> tuple[str, str]:
 
 def _reconstruction(src: Sources) -> tuple[str, str]:
     encoder = src.encoder
-    imgs, _ = sample_images(encoder, src.dataset, src.opts.num_images)
+    imgs, _ = src.samples
     model = encoder.model.cpu().eval()
     plot_reconstructions(model, imgs, src.out / "reconstructions.png", encoder.mean, encoder.std, src.opts.seed)
     return "reconstructions (original / masked / reconstruction / with visible patches)", "reconstructions.png"
