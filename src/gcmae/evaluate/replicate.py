@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from gcmae.config import ConfigError, apply_overrides, dump_yaml, from_dict, load_pretrain_config, load_yaml
-from gcmae.evaluate.transfer import EvalConfig, ModelSpec, evaluate_model, rows_csv
+from gcmae.evaluate.transfer import EvalConfig, ModelSpec, evaluate_model, write_rows_csv
 from gcmae.io.atomic import write_text_atomic
 from gcmae.train.pretrain import last_checkpoint, run_pretrain
 from gcmae.viz.replica import plot_replica
@@ -126,7 +126,7 @@ def run_replicate(cfg: ReplicateConfig) -> dict[str, Any]:
             t0 = time.time()
             rows += evaluate_model(spec, cfg.eval, out)
             timings[f"eval/{method}-seed{seed}"] = time.time() - t0
-            write_text_atomic(out / "replica_rows.csv", rows_csv(rows))
+            write_rows_csv(out / "replica_rows.csv", rows)
     metric = cfg.table_metric
     summary = summarise(rows, metric)
     columns = cfg.table_columns or sorted({f"{s}/{p}" for _, s, p in summary}, key=lambda c: c.split("/"))

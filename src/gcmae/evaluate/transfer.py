@@ -6,8 +6,6 @@ is not evaluated again, so an interrupted run resumes.
 """
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 from dataclasses import asdict, dataclass, field, fields
@@ -18,7 +16,7 @@ from gcmae.config import ConfigError, dump_yaml, from_dict, load_yaml
 from gcmae.evaluate.common import resolve_device
 from gcmae.evaluate.features import RANDOM, file_digest, load_encoder
 from gcmae.evaluate.protocols import SUMMARY_METRICS, EvalSet, ProtocolSettings, evaluate_encoder, result_rows
-from gcmae.io.atomic import write_text_atomic
+from gcmae.io.atomic import write_csv_atomic, write_text_atomic
 from gcmae.io.paths import safe_name
 
 log = logging.getLogger(__name__)
@@ -114,13 +112,10 @@ def evaluate_model(spec: ModelSpec, cfg: EvalConfig, out_dir: Path) -> list[dict
     return rows
 
 
-def rows_csv(rows: list[dict[str, Any]]) -> str:
-    buf = io.StringIO()
+def write_rows_csv(path: Path, rows: list[dict[str, Any]]) -> Path:
+    """The result rows as CSV (one column per row key, eval set, protocol and summary metric), atomically."""
     columns = [*ROW_KEYS, "eval_set", "protocol", *SUMMARY_METRICS]
-    writer = csv.DictWriter(buf, columns, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buf.getvalue()
+    return write_csv_atomic(path, columns, ([r.get(c) for c in columns] for r in rows))
 
 
 def rows_markdown(rows: list[dict[str, Any]]) -> str:
@@ -145,7 +140,7 @@ def run_transfer(cfg: TransferConfig) -> list[dict[str, Any]]:
     for i, spec in enumerate(cfg.models, 1):
         log.info("model %d/%d: %s (%s)", i, len(cfg.models), spec.tag, spec.checkpoint)
         rows += evaluate_model(spec, cfg.eval, out)
-    write_text_atomic(out / "transfer.csv", rows_csv(rows))
+    write_rows_csv(out / "transfer.csv", rows)
     sets = "; ".join(f"**{s.name}**: {s.describe()}" for s in cfg.eval.eval_sets)
     write_text_atomic(out / "transfer.md", f"# Transfer evaluation\n\nFrozen {cfg.eval.pool} features. {sets}.\n\n"
                       f"{rows_markdown(rows)}\n")
