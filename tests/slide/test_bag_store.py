@@ -10,13 +10,10 @@ from gcmae.slide.bag_store import BagFeatures, BagInfo
 def _store(tmp_path: Path, budget_bags: int) -> tuple[BagFeatures, list[np.ndarray]]:
     rng = np.random.default_rng(0)
     feats = [rng.normal(size=(5, 3)).astype(np.float32) for _ in range(4)]
-    infos = []
+    store = BagFeatures(budget_bytes=budget_bags * feats[0].nbytes, device=torch.device("cpu"))
     for i, x in enumerate(feats):
         np.savez(tmp_path / f"b{i}.npz", features=x)
-        infos.append(BagInfo(f"b{i}", tmp_path / f"b{i}.npz", {}, 3))
-    store = BagFeatures(infos, budget_bytes=budget_bags * feats[0].nbytes, device=torch.device("cpu"))
-    for i, x in enumerate(feats):
-        store.offer(i, x)
+        store.add(BagInfo(f"b{i}", tmp_path / f"b{i}.npz", {}, 3), x)
     return store, feats
 
 

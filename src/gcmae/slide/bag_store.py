@@ -35,25 +35,28 @@ def _heap_trimmer() -> Callable[[int], object] | None:
 
 
 class BagFeatures:
-    """The training bags' features by index: each bag offered is held in memory if it still fits in what is left of
-    `budget_bytes`, the others are read from their files at every use, so a cohort larger than memory still trains."""
+    """The training bags' features by index, in the order they were added: each bag is held in memory if it still
+    fits in what is left of `budget_bytes`, the others are read from their files at every use, so a cohort larger
+    than memory still trains."""
 
     # glibc keeps the heap pages of freed multi-MB arrays: without a trim, streaming 200 -> 400 bags of 2000 x 384
     # grew peak memory 185 -> 345 MB; trimming every 16 reads keeps it flat (benchmarks/mil_memory.py)
     TRIM_EVERY = 16
 
-    def __init__(self, infos: list[BagInfo], budget_bytes: int, device: torch.device) -> None:
-        self.infos, self.budget_bytes, self.device = infos, budget_bytes, device
+    def __init__(self, budget_bytes: int, device: torch.device) -> None:
+        self.budget_bytes, self.device = budget_bytes, device
+        self.infos: list[BagInfo] = []
         self.held: dict[int, torch.Tensor] = {}
         self.held_bytes = 0
         self.streamed_reads = 0
         self._trim = _heap_trimmer()
 
-    def offer(self, i: int, features: np.ndarray) -> None:
-        """Keep bag i's features (just read while checking the bags) if they fit in the budget."""
+    def add(self, info: BagInfo, features: np.ndarray) -> None:
+        """Append a bag; its features (just read while checking the bags) are kept if they fit in the budget."""
         if self.held_bytes + features.nbytes <= self.budget_bytes:
-            self.held[i] = torch.from_numpy(features).to(self.device)
+            self.held[len(self.infos)] = torch.from_numpy(features).to(self.device)
             self.held_bytes += features.nbytes
+        self.infos.append(info)
 
     def __getitem__(self, i: int) -> torch.Tensor:
         if i in self.held:

@@ -87,16 +87,14 @@ def _load_labelled_bags(opts: MILTrainOptions, device: torch.device,
     ids = sorted(set(paths) & set(labels))
     if not ids:
         raise ValueError(f"no labelled bags: no slide id of {opts.labels} has a bag in {opts.features}")
-    infos: list[BagInfo] = []
-    bags = BagFeatures(infos, int(opts.max_preload_gb * 1e9), device)
-    for i, sid in enumerate(tqdm(ids, desc="loading bags", unit="bag", leave=False, disable=not progress)):
+    bags = BagFeatures(int(opts.max_preload_gb * 1e9), device)
+    for sid in tqdm(ids, desc="loading bags", unit="bag", leave=False, disable=not progress):
         bag = load_bag(paths[sid], slide_id=sid)
-        infos.append(BagInfo(bag.slide_id, bag.path, bag.attrs, bag.dim))
-        bags.offer(i, bag.features)
-    if len(bags.held) < len(infos):
+        bags.add(BagInfo(bag.slide_id, bag.path, bag.attrs, bag.dim), bag.features)
+    if len(bags.held) < len(bags):
         log.info("%d of %d bags held in memory (%.2f GB, --max-preload-gb %g); the others are read from disk at "
-                 "each use", len(bags.held), len(infos), bags.held_bytes / 1e9, opts.max_preload_gb)
-    return bags, [labels[b.slide_id] for b in infos]
+                 "each use", len(bags.held), len(bags), bags.held_bytes / 1e9, opts.max_preload_gb)
+    return bags, [labels[b.slide_id] for b in bags.infos]
 
 
 def _common_record(bags: list[BagInfo], opts: MILTrainOptions) -> tuple[dict[str, Any], dict[str, Any]]:
