@@ -239,13 +239,13 @@ def train_mil(opts: MILTrainOptions, progress: bool = True) -> MILModel:
                              opts.patience)
                     break
     return _finish(opts, out, settings, arch, classes, ids, y, tr, va, xs, weight, best_epoch, history, record,
-                   tiles, clf is not None, len(bags))
+                   tiles, clf is not None)
 
 
 def _finish(opts: MILTrainOptions, out: Path, settings: dict[str, Any], arch: ABMILConfig, classes: list[str],
             ids: list[str], y: np.ndarray, tr: list[int], va: list[int], xs: BagFeatures,
             weight: torch.Tensor, best_epoch: int, history: list[dict[str, Any]], record: dict[str, Any],
-            tiles: dict[str, Any], has_clf: bool, n_bags: int) -> MILModel:
+            tiles: dict[str, Any], has_clf: bool) -> MILModel:
     """Metrics of the best weights, the tile classifier copy, config.json (last) and report.md."""
     model = GatedABMIL(arch)
     from safetensors.torch import load_file
@@ -264,7 +264,7 @@ def _finish(opts: MILTrainOptions, out: Path, settings: dict[str, Any], arch: AB
         "format": FORMAT, "version": 1, "model": asdict(arch), "classes": classes, "features": record,
         "tiles": tiles, "settings": settings, "best_epoch": best_epoch, "epochs_run": len(history),
         "split": {"train": [ids[i] for i in tr], "validation": [ids[i] for i in va]},
-        "metrics": results, "num_bags": n_bags, "tile_classifier": CLASSIFIER_DIR if has_clf else None,
+        "metrics": results, "num_bags": len(xs), "tile_classifier": CLASSIFIER_DIR if has_clf else None,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     text = json.dumps(config, indent=2) + "\n"
