@@ -42,6 +42,11 @@ class LossConfig:
     temperature: float = 0.07
     bank_momentum: float = 0.5
     negatives: str = "per_sample"  # "per_sample" (official NPID) or "shared" (one draw per batch)
+    # Variants of the global-contrast term; the defaults are the official GCMAE semantics.
+    objective: str = "nce"  # "nce" (official: NPID's NCE, uniform noise) or "infonce" (softmax over 1 + K)
+    z_estimate: str = "first_batch"  # NCE normaliser Z: "first_batch" (official) or "running" (mean over steps)
+    z_momentum: float = 0.99  # with z_estimate=running: Z <- m Z + (1 - m) batch estimate
+    contrast_warmup_epochs: float = 0.0  # ramp the contrast weight linearly from 0 over these epochs
 
 
 @dataclass
@@ -54,6 +59,12 @@ class DataConfig:
     mean: tuple[float, float, float] = PATHOLOGY_MEAN
     std: tuple[float, float, float] = PATHOLOGY_STD
     validate: str = "header"  # "header" (open every file), "full" (decode every file) or "none"
+    # Decode the whole folder once into a uint8 tensor (cached under cache_dir) and augment whole batches on the
+    # training device: no per-epoch decoding. Needed for rotate90 and stain_jitter.
+    in_memory: bool = False
+    cache_dir: str = ""  # "" = $XDG_CACHE_HOME/gcmae (~/.cache/gcmae)
+    rotate90: bool = False  # random vertical flips and 90-degree rotations (with hflip: all 8 symmetries)
+    stain_jitter: float = 0.0  # HED stain jitter strength (0 = off); see gcmae.data.batch_augment
 
 
 @dataclass
@@ -75,7 +86,7 @@ class TrainerConfig:
     devices: Any = 1  # int, list of ids or "auto"
     num_nodes: int = 1
     strategy: str = "auto"  # "ddp" for several GPUs / nodes
-    precision: str = "32-true"  # "bf16-mixed" on GPUs that support it
+    precision: str = "32-true"  # "auto": bf16-mixed where this device runs it faster (measured), else 32-true
     log_every_n_steps: int = 10
     deterministic: bool = False
     progress_bar: bool = True
@@ -112,6 +123,14 @@ class PretrainConfig:
             raise ConfigError("both loss.reconstruction_weight and loss.contrast_weight are 0: nothing to train")
         if self.loss.negatives not in ("per_sample", "shared"):
             raise ConfigError(f"loss.negatives must be 'per_sample' or 'shared', got {self.loss.negatives!r}")
+        if self.loss.objective not in ("nce", "infonce"):
+            raise ConfigError(f"loss.objective must be 'nce' or 'infonce', got {self.loss.objective!r}")
+        if self.loss.z_estimate not in ("first_batch", "running"):
+            raise ConfigError(f"loss.z_estimate must be 'first_batch' or 'running', got {self.loss.z_estimate!r}")
+        if (self.data.rotate90 or self.data.stain_jitter) and not self.data.in_memory:
+            raise ConfigError("data.rotate90 and data.stain_jitter run on tensor batches: set data.in_memory=true")
+        if self.data.stain_jitter < 0:
+            raise ConfigError(f"data.stain_jitter must be >= 0, got {self.data.stain_jitter}")
         if self.data.validate not in ("header", "full", "none"):
             raise ConfigError(f"data.validate must be 'header', 'full' or 'none', got {self.data.validate!r}")
         if self.monitor.pool not in ("cls", "mean"):

@@ -11,5 +11,5 @@ def derive_seed(*keys: int) -> int:
 
 
 def step_generator(seed: int, stream: int) -> torch.Generator:
-    """A CPU generator for random stream `stream` (0 = masking noise, 1 = negatives) of the step seeded `seed`."""
+    """A CPU generator for random stream `stream` (0 = masking noise, 1 = negatives, 2 = batch augmentation) of the step seeded `seed`."""
     return torch.Generator().manual_seed(derive_seed(seed, stream))

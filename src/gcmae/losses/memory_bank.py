@@ -15,16 +15,20 @@ class MemoryBank(nn.Module):
     """Non-parametric softmax memory with NCE scores.
 
     scores(v, i) = exp(w_j . v / T) / Z for the positive j = i and K negatives drawn uniformly from all entries.
-    Z is estimated once, from the first batch, as mean(exp(w . v / T)) * N (averaged over all ranks).
+    Z is estimated once, from the first batch, as mean(exp(w . v / T)) * N (averaged over all ranks): the official
+    semantics. With `z_estimate="running"` the same batch estimate is folded into Z at every step
+    (Z <- m Z + (1 - m) estimate), so Z follows the real partition function as the embedding trains.
     After each step the positives are updated as normalise(m * w_i + (1 - m) * v_i) with the features of the
     *global* batch, so every DDP rank holds the same bank.
     """
 
     def __init__(
         self, size: int, dim: int, num_negatives: int = 8192, temperature: float = 0.07, momentum: float = 0.5,
-        negatives: str = "per_sample",
+        negatives: str = "per_sample", z_estimate: str = "first_batch", z_momentum: float = 0.99,
     ) -> None:
         super().__init__()
+        if z_estimate not in ("first_batch", "running"):
+            raise ValueError(f"z_estimate must be 'first_batch' or 'running', got {z_estimate!r}")
         if size < 2:
             raise ValueError(f"the memory bank needs at least 2 training images, got {size}")
         if negatives not in ("per_sample", "shared"):
@@ -32,6 +36,7 @@ class MemoryBank(nn.Module):
         self.size, self.dim = size, dim
         self.num_negatives = min(num_negatives, size)
         self.temperature, self.momentum, self.negatives = temperature, momentum, negatives
+        self.z_estimate, self.z_momentum = z_estimate, z_momentum
         stdv = 1.0 / math.sqrt(dim / 3)
         self.register_buffer("memory", torch.rand(size, dim).mul_(2 * stdv).add_(-stdv))
         self.register_buffer("z", torch.tensor(-1.0))  # < 0: not estimated yet
@@ -56,8 +61,11 @@ class MemoryBank(nn.Module):
             idx = idx[rank * batch_size : (rank + 1) * batch_size]
         return idx.to(self.memory.device)
 
-    def scores(self, features: torch.Tensor, indices: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
-        """P(i | v) for the positive (column 0) and the negatives: (B, 1 + K). Features must be L2-normalised."""
+    def similarities(self, features: torch.Tensor, indices: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
+        """Cosine similarities w . v to the positive entry (column 0) and the negatives: (B, 1 + K), float32.
+
+        Features must be L2-normalised. The bank is read as it was before this step's update (see `update`).
+        """
         self.flush()
         memory = self.memory.detach()
         v = features.float()
@@ -72,12 +80,25 @@ class MemoryBank(nn.Module):
                 neg = (v @ memory.T).gather(1, negatives)
             else:
                 neg = torch.bmm(memory[negatives], v.unsqueeze(2)).squeeze(2)
-            out = torch.exp(torch.cat([pos, neg], dim=1) / self.temperature)
-        if not self._z_known:  # a Python flag, so the GPU is not synchronised at every step
+            return torch.cat([pos, neg], dim=1)
+
+    def probabilities(self, similarities: torch.Tensor) -> torch.Tensor:
+        """P(i | v) = exp(s / T) / Z for similarities s (B, 1 + K); estimates Z as configured."""
+        with torch.autocast(device_type=similarities.device.type, enabled=False):
+            out = torch.exp(similarities.float() / self.temperature)
+        if self.z_estimate == "running":
+            estimate = float(all_reduce_mean(out.detach().mean())) * self.size
+            z = self.z.item()
+            self.z.fill_(estimate if z < 0 else self.z_momentum * z + (1 - self.z_momentum) * estimate)
+        elif not self._z_known:  # a Python flag, so the GPU is not synchronised at every step
             if self.z.item() < 0:
                 self.z.fill_(float(all_reduce_mean(out.detach().mean())) * self.size)
             self._z_known = True
         return out / self.z
+
+    def scores(self, features: torch.Tensor, indices: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
+        """P(i | v) for the positive (column 0) and the negatives: (B, 1 + K). Features must be L2-normalised."""
+        return self.probabilities(self.similarities(features, indices, negatives))
 
     @torch.no_grad()
     def update(self, features: torch.Tensor, indices: torch.Tensor) -> None:

@@ -17,3 +17,10 @@ def nce_loss(probs: torch.Tensor, num_data: int) -> torch.Tensor:
     log_pos = torch.log(probs[:, 0] / (probs[:, 0] + noise + _EPS))
     log_neg = torch.log(noise / (probs[:, 1:] + noise + _EPS))
     return -(log_pos.sum() + log_neg.sum()) / probs.shape[0]
+
+
+def info_nce_loss(similarities: torch.Tensor, temperature: float) -> torch.Tensor:
+    """InfoNCE (a softmax over the positive and its K negatives, van den Oord et al. 2018) for cosine
+    similarities (B, 1 + K), column 0 the positive: mean of -log softmax(s / T)[0]. Needs no normaliser Z."""
+    logits = similarities.float() / temperature
+    return (torch.logsumexp(logits, dim=1) - logits[:, 0]).mean()

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import Block
 
 from gcmae.losses.memory_bank import MemoryBank
-from gcmae.losses.nce import nce_loss
+from gcmae.losses.nce import info_nce_loss, nce_loss
 from gcmae.losses.reconstruction import masked_reconstruction_loss, patchify, unpatchify
 from gcmae.models.masking import random_masking
 from gcmae.models.pos_embed import sincos_2d
@@ -76,6 +76,9 @@ class GCMAE(nn.Module):
         temperature: float = 0.07,
         bank_momentum: float = 0.5,
         negatives: str = "per_sample",
+        objective: str = "nce",
+        z_estimate: str = "first_batch",
+        z_momentum: float = 0.99,
     ) -> None:
         super().__init__()
         self.encoder = create_encoder(encoder, img_size, patch_size, drop_path)
@@ -83,7 +86,11 @@ class GCMAE(nn.Module):
         num_patches = self.encoder.patch_embed.num_patches
         self.encoder.pos_embed.data.copy_(sincos_2d(self.encoder.embed_dim, int(num_patches**0.5)))
         self.decoder = MAEDecoder(self.encoder.embed_dim, num_patches, patch_size, decoder_dim, decoder_depth, decoder_heads)
-        self.bank = MemoryBank(num_data, self.encoder.embed_dim, num_negatives, temperature, bank_momentum, negatives)
+        if objective not in ("nce", "infonce"):
+            raise ValueError(f"objective must be 'nce' or 'infonce', got {objective!r}")
+        self.bank = MemoryBank(num_data, self.encoder.embed_dim, num_negatives, temperature, bank_momentum, negatives,
+                               z_estimate, z_momentum)
+        self.objective = objective
         self.patch_size = patch_size
         self.mask_ratio = mask_ratio
         self.norm_pix_loss = norm_pix_loss
@@ -123,9 +130,12 @@ class GCMAE(nn.Module):
         return GCMAEOutput(latent, mask, ids_restore, pred, embedding)
 
     def training_losses(
-        self, imgs: torch.Tensor, indices: torch.Tensor, seed: int, rank: int = 0, world_size: int = 1
+        self, imgs: torch.Tensor, indices: torch.Tensor, seed: int, rank: int = 0, world_size: int = 1,
+        contrast_scale: float = 1.0,
     ) -> dict[str, torch.Tensor]:
-        """One step's losses; updates the memory bank.
+        """One step's losses (and `stat_*` diagnostics of the contrast term); updates the memory bank.
+
+        `contrast_scale` multiplies the contrast weight (a ramp-up schedule); the bank is updated whatever it is.
 
         The masking noise and the negatives are drawn for the *global* batch from generators seeded by `seed`
         and each rank takes its slice, so a run is identical whatever the number of processes, and resumes exactly.
@@ -143,9 +153,17 @@ class GCMAE(nn.Module):
             total = total + self.reconstruction_weight * losses["loss_rec"]
         if self.contrast_weight > 0:
             negatives = self.bank.sample_negatives(b, step_generator(seed, 1), rank, world_size)
-            probs = self.bank.scores(out.embedding, indices, negatives)
-            losses["loss_nce"] = nce_loss(probs, self.bank.size)
-            total = total + self.contrast_weight * losses["loss_nce"]
+            sims = self.bank.similarities(out.embedding, indices, negatives)
+            if self.objective == "infonce":
+                losses["loss_nce"] = info_nce_loss(sims, self.bank.temperature)
+            else:
+                probs = self.bank.probabilities(sims)
+                losses["loss_nce"] = nce_loss(probs, self.bank.size)
+                # this batch's estimate of the partition function over the one in use (official: fixed at step 0)
+                losses["stat_log_z_ratio"] = torch.log(probs.detach().mean() * self.bank.size)
+            losses["stat_sim_pos"] = sims[:, 0].detach().mean()
+            losses["stat_sim_neg"] = sims[:, 1:].detach().mean()
+            total = total + self.contrast_weight * contrast_scale * losses["loss_nce"]
             self.bank.update(out.embedding.detach(), indices)
         losses["loss"] = total
         return losses

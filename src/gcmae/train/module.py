@@ -8,8 +8,9 @@ import lightning as L
 import torch
 
 from gcmae.config import PretrainConfig, from_dict
+from gcmae.data.batch_augment import BatchAugment
 from gcmae.models.gcmae import GCMAE
-from gcmae.seeding import derive_seed
+from gcmae.seeding import derive_seed, step_generator
 from gcmae.train.optim import build_adamw, scaled_lr, warmup_cosine_config
 
 
@@ -18,7 +19,9 @@ class NonFiniteLossError(FloatingPointError):
 
 
 def build_model(cfg: PretrainConfig, num_data: int) -> GCMAE:
-    return GCMAE(num_data=num_data, **asdict(cfg.model), **asdict(cfg.loss))
+    loss = asdict(cfg.loss)
+    loss.pop("contrast_warmup_epochs")  # a schedule, applied by the training loop
+    return GCMAE(num_data=num_data, **asdict(cfg.model), **loss)
 
 
 class PretrainModule(L.LightningModule):
@@ -29,11 +32,26 @@ class PretrainModule(L.LightningModule):
         self.save_hyperparameters()
         self.cfg: PretrainConfig = from_dict(PretrainConfig, config)
         self.model = build_model(self.cfg, num_data)
+        d = self.cfg.data
+        # in-memory data arrive as uint8 batches: crop, flips and stain jitter run here, on the training device
+        self.augment = (BatchAugment(self.cfg.model.img_size, d.crop_scale, d.hflip, d.rotate90, d.stain_jitter,
+                                     d.mean, d.std) if d.in_memory else None)
+
+    def contrast_scale(self) -> float:
+        """The contrast weight's ramp: linear from 0 to 1 over loss.contrast_warmup_epochs, then 1."""
+        ramp = self.cfg.loss.contrast_warmup_epochs
+        if ramp <= 0:
+            return 1.0
+        steps_per_epoch = self.trainer.estimated_stepping_batches / max(1, self.trainer.max_epochs)
+        return min(1.0, self.global_step / (ramp * steps_per_epoch))
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         imgs, _, indices = batch
         seed = derive_seed(self.cfg.trainer.seed, self.current_epoch, batch_idx)
-        losses = self.model.training_losses(imgs, indices, seed, self.global_rank, self.trainer.world_size)
+        if self.augment is not None:
+            imgs = self.augment(imgs, step_generator(seed, 2))
+        losses = self.model.training_losses(imgs, indices, seed, self.global_rank, self.trainer.world_size,
+                                            self.contrast_scale())
         if not torch.isfinite(losses["loss"]):
             detail = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
             raise NonFiniteLossError(

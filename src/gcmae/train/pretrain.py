@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import inspect
+import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import lightning as L
@@ -18,11 +19,13 @@ from torch.utils.data import DataLoader
 
 from gcmae.config import PretrainConfig, dump_yaml, to_dict
 from gcmae.data.datasets import ImageFolderDataset
+from gcmae.data.in_memory import TensorImageDataset, default_cache_dir
 from gcmae.data.sampler import SeededEpochSampler
 from gcmae.data.transforms import eval_transform, pretrain_transform
 from gcmae.io.atomic import write_text_atomic
 from gcmae.train.callbacks import AtomicCheckpointIO, KNNMonitor, checkpoint_to_resume, last_checkpoint_in
 from gcmae.train.module import PretrainModule
+from gcmae.train.precision import cpu_name, resolve_precision
 from gcmae.viz.curves import metrics_files, plot_curves
 from gcmae.viz.reconstruction import plot_reconstructions
 
@@ -41,7 +44,7 @@ class PretrainRun:
 class PretrainData(L.LightningDataModule):
     """Training loader with a seeded, rank-aware sampler (so resumes and DDP runs see the same data)."""
 
-    def __init__(self, dataset: ImageFolderDataset, cfg: PretrainConfig) -> None:
+    def __init__(self, dataset: ImageFolderDataset | TensorImageDataset, cfg: PretrainConfig) -> None:
         super().__init__()
         self.dataset, self.cfg = dataset, cfg
 
@@ -62,7 +65,7 @@ class PretrainData(L.LightningDataModule):
 class RunFigures(L.Callback):
     """At the end of fit (rank 0): loss curves and a reconstruction grid of fixed images."""
 
-    def __init__(self, out_dir: Path, dataset: ImageFolderDataset, cfg: PretrainConfig, num_images: int = 6) -> None:
+    def __init__(self, out_dir: Path, dataset: ImageFolderDataset | TensorImageDataset, cfg: PretrainConfig, num_images: int = 6) -> None:
         self.out_dir, self.dataset, self.cfg, self.num_images = out_dir, dataset, cfg, num_images
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -71,7 +74,7 @@ class RunFigures(L.Callback):
         write_figures(self.out_dir, pl_module, self.dataset, self.cfg, self.num_images)
 
 
-def write_figures(out_dir: Path, pl_module: PretrainModule, dataset: ImageFolderDataset, cfg: PretrainConfig,
+def write_figures(out_dir: Path, pl_module: PretrainModule, dataset: ImageFolderDataset | TensorImageDataset, cfg: PretrainConfig,
                   num_images: int = 6) -> None:
     log_dir = out_dir / "logs"
     if metrics_files(log_dir):  # after a resume the history is in metrics.partN.csv files too
@@ -120,8 +123,12 @@ def run_pretrain(cfg: PretrainConfig, resume: bool = True, extra_callbacks: Sequ
     out_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
     d = cfg.data
-    dataset = ImageFolderDataset(d.train_dir, pretrain_transform(cfg.model.img_size, d.crop_scale, d.hflip, d.mean,
-                                                                 d.std), d.validate)
+    if d.in_memory:
+        dataset = TensorImageDataset(d.train_dir, cfg.model.img_size, d.cache_dir or default_cache_dir(), d.validate,
+                                     progress=cfg.trainer.progress_bar)
+    else:
+        dataset = ImageFolderDataset(d.train_dir, pretrain_transform(cfg.model.img_size, d.crop_scale, d.hflip,
+                                                                     d.mean, d.std), d.validate)
     ckpt_path = checkpoint_to_resume(out_dir, resume)
     config_file = out_dir / "config.yaml"
     if ckpt_path and config_file.exists():
@@ -143,12 +150,16 @@ def run_pretrain(cfg: PretrainConfig, resume: bool = True, extra_callbacks: Sequ
     if m.train_dir or m.val_dir:
         callbacks.insert(0, KNNMonitor(m, cfg.model.img_size, d.mean, d.std))
     t = cfg.trainer
-    if t.precision.startswith("bf16") and (t.accelerator == "cpu" or not torch.cuda.is_available()):
-        log.warning("trainer.precision=%s on a CPU: bf16 training ran at 0.54x the fp32 speed on the CPU measured "
-                    "in benchmarks/throughput.py; check yours before keeping it", t.precision)
+    choice = resolve_precision(t.precision, t.accelerator, module.model, cfg.model.img_size)
+    log.info("precision %s (%s)", choice.precision, choice.reason)
+    write_text_atomic(out_dir / "precision.json", json.dumps(asdict(choice), indent=2) + "\n")
+    if choice.precision.startswith("bf16") and t.precision != "auto" and (
+            t.accelerator == "cpu" or not torch.cuda.is_available()):
+        log.warning("trainer.precision=%s on a CPU (%s): bf16 is much slower than fp32 on CPUs without bf16 "
+                    "instructions; trainer.precision=auto measures which is faster here", t.precision, cpu_name())
     trainer = L.Trainer(
         default_root_dir=out_dir, max_epochs=cfg.optim.epochs, accelerator=t.accelerator, devices=t.devices,
-        num_nodes=t.num_nodes, strategy=make_strategy(cfg), precision=t.precision,
+        num_nodes=t.num_nodes, strategy=make_strategy(cfg), precision=choice.precision,
         accumulate_grad_batches=cfg.optim.accumulate_grad_batches, log_every_n_steps=t.log_every_n_steps,
         deterministic=t.deterministic, enable_progress_bar=t.progress_bar, logger=CSVLogger(out_dir, name="", version="logs"),
         callbacks=[*callbacks, *extra_callbacks], plugins=[AtomicCheckpointIO()], use_distributed_sampler=False,
