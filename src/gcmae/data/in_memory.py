@@ -32,11 +32,6 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gcmae"
 
 
-def default_cache_dir() -> Path:
-    """$XDG_CACHE_HOME/gcmae, or ~/.cache/gcmae."""
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gcmae"
-
-
 def _folder_key(files: list[Path], root: Path, size: int) -> str:
     digest = hashlib.sha256(f"v{CACHE_VERSION} size={size}\n".encode())
     for f in files:
