@@ -60,7 +60,7 @@ def test_losses_and_bank_update():
     imgs, idx = torch.randn(4, 3, 32, 32), torch.tensor([0, 5, 6, 19])
     before = model.bank.memory.clone()
     losses = model.training_losses(imgs, idx, seed=1)
-    assert set(losses) == {"loss", "loss_rec", "loss_nce"}
+    assert set(losses) == {"loss", "loss_rec", "loss_nce", "stat_log_z_ratio", "stat_sim_pos", "stat_sim_neg"}
     assert torch.allclose(losses["loss"], losses["loss_rec"] + 0.1 * losses["loss_nce"])
     losses["loss"].backward()
     assert model.encoder.blocks[0].attn.qkv.weight.grad is not None
@@ -82,7 +82,7 @@ def test_contrast_weight_zero_is_plain_mae():
 def test_contrast_only_skips_the_decoder():
     model = tiny(mask_ratio=0.0, reconstruction_weight=0.0)
     losses = model.training_losses(torch.randn(2, 3, 32, 32), torch.tensor([0, 1]), seed=0)
-    assert set(losses) == {"loss", "loss_nce"}
+    assert set(losses) == {"loss", "loss_nce", "stat_log_z_ratio", "stat_sim_pos", "stat_sim_neg"}
     losses["loss"].backward()
     assert all(p.grad is None for p in model.decoder.parameters())
 
