@@ -20,11 +20,12 @@ def load_checkpoint(path):
     return load_pretrain_checkpoint(path)
 
 
-def from_pretrained(path):
-    """The timm encoder from a folder written by `gcmae export`."""
+def from_pretrained(name_or_path):
+    """The timm encoder (eval mode, fp32) of a shipped encoder's name, e.g. "gcmae-vit-tiny-pcam" (see
+    `gcmae.pretrained.available()`), or of a folder written by `gcmae export`. Works offline."""
     from gcmae.io.export import from_pretrained as _from_pretrained
 
-    return _from_pretrained(path)
+    return _from_pretrained(name_or_path)
 
 
 def load_weights(path):

@@ -62,7 +62,7 @@ def _check_data(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from gcmae.io.export import export_encoder
 
-    out = export_encoder(args.checkpoint, args.out)
+    out = export_encoder(args.checkpoint, args.out, fp16=args.fp16)
     print(f"encoder written to {out} (load with timm.create_model('local-dir:{out}', pretrained=True))")
     return 0
 
@@ -118,12 +118,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="export the encoder of a checkpoint as model.safetensors + config.json")
     p.add_argument("checkpoint")
     p.add_argument("--out", required=True)
+    p.add_argument("--fp16", action="store_true", help="store the weights in half precision (half the size)")
     p.set_defaults(func=_export)
 
     p = sub.add_parser("convert", help="official GCMAE/MAE checkpoint, timm state dict or gcmae checkpoint -> "
                                        "exported encoder folder (model.safetensors, config.json, README.md)")
     p.add_argument("checkpoint", metavar="IN")
     p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--fp16", action="store_true", help="store the weights in half precision (half the size)")
     p.set_defaults(func=_export)
 
     p = sub.add_parser("demo", help="tile the shipped slides, pretrain a small GCMAE, evaluate, summarise")

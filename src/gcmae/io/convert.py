@@ -27,6 +27,7 @@ from gcmae.config import PATHOLOGY_MEAN, PATHOLOGY_STD
 from gcmae.io.checkpoints import CheckpointError
 from gcmae.models.gcmae import GCMAE
 from gcmae.models.vit import ENCODER_PRESETS
+from gcmae.pretrained import resolve as resolve_pretrained
 
 KINDS = ("gcmae_official", "mae_official", "timm", "gcmae")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -188,8 +189,9 @@ def _infer_encoder(enc: dict[str, torch.Tensor], path: Path, preset: str | None)
 
 
 def load_weights(path: str | Path) -> ImportedWeights:
-    """Read any supported file (see module docstring) and map it onto our names; the architecture is inferred."""
-    path = Path(path)
+    """Read any supported file (see module docstring) or a shipped encoder's name (`gcmae.pretrained`) and map it
+    onto our names; the architecture is inferred."""
+    path = resolve_pretrained(path)
     obj = read_weights_file(path)
     hparams = obj.get("hyper_parameters")
     config: dict[str, dict[str, Any]] = {}

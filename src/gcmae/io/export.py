@@ -17,6 +17,8 @@ from safetensors.torch import load_file, save_file
 from gcmae.io.atomic import atomic_path, write_text_atomic
 from gcmae.io.convert import IMAGENET_MEAN, IMAGENET_STD, ConversionError, ImportedWeights, load_weights
 from gcmae.models.vit import ENCODER_PRESETS, create_encoder, timm_name
+from gcmae.pretrained import available as available_pretrained
+from gcmae.pretrained import resolve as resolve_pretrained
 
 CARD_TAGS = ("pathology", "self-supervised", "gcmae", "image-feature-extraction")
 _LICENSES = {"gcmae": "apache-2.0", "mae_official": "cc-by-nc-4.0"}  # others: "other" (check the source's terms)
@@ -32,11 +34,12 @@ _NOT_FOLDERS = {".ckpt", ".pth", ".pt", ".bin", ".safetensors"}
 _NOT_RECORDED = "not recorded"
 
 
-def export_encoder(checkpoint: str | Path, out_dir: str | Path, license: str | None = None) -> Path:
+def export_encoder(checkpoint: str | Path, out_dir: str | Path, license: str | None = None, fp16: bool = False) -> Path:
     """Write `model.safetensors`, a timm `config.json` and a `README.md` model card for the input's encoder.
 
     The folder loads with `timm.create_model("local-dir:OUT_DIR", pretrained=True)` (and the same layout on the
     Hugging Face hub), or `gcmae.from_pretrained(OUT_DIR)`. `license` defaults by source (apache-2.0 for our runs).
+    `fp16` stores the floating-point weights in half precision (half the file; loaders cast back to fp32).
     """
     weights = load_weights(checkpoint)
     out_dir = Path(out_dir)
@@ -68,7 +71,8 @@ def export_encoder(checkpoint: str | Path, out_dir: str | Path, license: str | N
         },
     }
     out_dir.mkdir(parents=True, exist_ok=True)
-    state = {k: v.contiguous() for k, v in encoder.state_dict().items()}
+    state = {k: (v.half() if fp16 and v.is_floating_point() else v).contiguous()
+             for k, v in encoder.state_dict().items()}
     with atomic_path(out_dir / "model.safetensors") as tmp:
         save_file(state, str(tmp), metadata={"format": "pt", "source": "gcmae", "imported_from": weights.kind})
     write_text_atomic(out_dir / "config.json", json.dumps(config, indent=2))
@@ -79,10 +83,13 @@ def export_encoder(checkpoint: str | Path, out_dir: str | Path, license: str | N
 
 
 def from_pretrained(path: str | Path) -> nn.Module:
-    """A timm encoder (no head) from an exported folder; `model.pretrained_cfg` holds mean/std and input size."""
-    path = Path(path)
+    """A timm encoder (no head) from an exported folder or a shipped encoder's name (`gcmae.pretrained.available()`);
+    `model.pretrained_cfg` holds mean/std and input size. Weights stored in fp16 are loaded as fp32."""
+    path = resolve_pretrained(path)
     if not (path / "config.json").is_file() or not (path / "model.safetensors").is_file():
-        raise FileNotFoundError(f"{path} is not an exported gcmae encoder (needs config.json and model.safetensors)")
+        shipped = ", ".join(available_pretrained()) or "none"
+        raise FileNotFoundError(f"{path} is not an exported gcmae encoder (needs config.json and model.safetensors) "
+                                f"nor the name of a shipped one ({shipped})")
     model = timm.create_model(f"local-dir:{path}", pretrained=False)
     model.load_state_dict(load_file(str(path / "model.safetensors")))
     return model.eval()

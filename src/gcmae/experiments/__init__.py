@@ -1,0 +1,1 @@
+"""Experiments that compose the package's parts: the PCam learning study (`pcam_probe`)."""

@@ -1,0 +1,128 @@
+"""Frozen-feature probe of encoders on a train/valid folder pair (the learning study's protocol, issue 10).
+
+    python -m gcmae.experiments.pcam_probe --train ../shared/data/pcam/train --val ../shared/data/pcam/valid \
+        --out runs/probe ENCODER [ENCODER ...]
+
+ENCODER is a checkpoint, an exported folder or a shipped encoder's name (anything `load_encoder` takes),
+`random:ENCODER:PATCH:SEED` (an untrained ViT) or `colour-histogram` (RGB + HSV histograms, 8 bins each).
+Each result is one JSON file in --out, written atomically and skipped when present, so a re-run resumes.
+`--table` prints the mean and standard deviation over files that share a `--label`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from gcmae.data.in_memory import TensorImageDataset, default_cache_dir
+from gcmae.evaluate.features import RANDOM, load_encoder
+from gcmae.evaluate.frozen_probe import colour_histogram_features, frozen_probe
+from gcmae.io.atomic import write_text_atomic
+
+log = logging.getLogger(__name__)
+COLOUR = "colour-histogram"
+
+
+@torch.no_grad()
+def encoder_features(spec: str, images: torch.Tensor, batch_size: int = 256) -> dict[str, np.ndarray]:
+    """{"cls": (N, D), "mean": (N, D)} of the encoder named by `spec` on uint8 images (N, 3, S, S)."""
+    if spec.startswith("random:"):
+        _, name, patch, seed = spec.split(":")
+        enc = load_encoder(RANDOM, encoder=name, img_size=images.shape[-1], patch_size=int(patch), seed=int(seed))
+    else:
+        enc = load_encoder(spec)
+    vit = enc.model.encoder.eval()
+    mean = torch.tensor(enc.mean).view(1, 3, 1, 1)
+    std = torch.tensor(enc.std).view(1, 3, 1, 1)
+    cls, avg = [], []
+    for start in range(0, images.shape[0], batch_size):
+        x = (images[start : start + batch_size].float() / 255 - mean) / std
+        if x.shape[-1] != enc.img_size:
+            x = F.interpolate(x, size=(enc.img_size, enc.img_size), mode="bicubic", align_corners=False)
+        tokens = vit.forward_features(x)
+        cls.append(tokens[:, 0])
+        avg.append(tokens[:, vit.num_prefix_tokens :].mean(1))
+    return {"cls": torch.cat(cls).numpy(), "mean": torch.cat(avg).numpy()}
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")[-120:]
+
+
+def probe(specs: list[str], train_dir: str, val_dir: str, out: Path, label: str | None = None,
+          cache_dir: str | None = None, size: int = 96) -> list[Path]:
+    """Probe every encoder of `specs`; one JSON per (encoder, pool) in `out`. Returns the files written or found."""
+    cache = cache_dir or default_cache_dir()
+    train = TensorImageDataset(train_dir, size, cache, validate="none")
+    val = TensorImageDataset(val_dir, size, cache, validate="none")
+    if train.classes != val.classes:
+        raise ValueError(f"{train_dir} has classes {train.classes} but {val_dir} has {val.classes}")
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for spec in specs:
+        pools = ["hist"] if spec == COLOUR else ["cls", "mean"]
+        paths = {p: out / f"{_slug(spec)}__{p}.json" for p in pools}
+        if all(p.exists() for p in paths.values()):
+            written += paths.values()
+            continue
+        if spec == COLOUR:
+            feats = {"hist": (colour_histogram_features(train.images), colour_histogram_features(val.images))}
+        else:
+            tr, va = encoder_features(spec, train.images), encoder_features(spec, val.images)
+            feats = {p: (tr[p], va[p]) for p in pools}
+        for pool, (tr_x, va_x) in feats.items():
+            result = frozen_probe(tr_x, train.labels.numpy(), va_x, val.labels.numpy(), train.classes)
+            record = {"encoder": spec, "label": label or spec, "pool": pool, "train": str(train_dir),
+                      "val": str(val_dir), "num_train": len(train), "num_val": len(val), **result}
+            write_text_atomic(paths[pool], json.dumps(record, indent=1) + "\n")
+            log.info("%s [%s]: logreg balanced accuracy %.4f, kNN20 %.4f", spec, pool,
+                     result["logreg"]["balanced_accuracy"], result["knn20"]["balanced_accuracy"])
+            written.append(paths[pool])
+    return written
+
+
+def table(out: Path, metric: str = "balanced_accuracy") -> str:
+    """Markdown: mean ± sd over runs that share a label, per pool, for the logistic probe and kNN."""
+    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for f in sorted(out.glob("*.json")):
+        r = json.loads(f.read_text())
+        groups[(r["label"], r["pool"])].append(r)
+    rows = ["| encoder | pool | n | logreg | kNN k20 | kNN k200 |", "|---|---|---:|---:|---:|---:|"]
+
+    def cell(rs: list[dict], key: str) -> str:
+        vals = [r[key][metric] for r in rs]
+        sd = f" ± {statistics.stdev(vals):.3f}" if len(vals) > 1 else ""
+        return f"{statistics.fmean(vals):.3f}{sd}"
+
+    for (label, pool), rs in groups.items():
+        rows.append(f"| {label} | {pool} | {len(rs)} | {cell(rs, 'logreg')} | {cell(rs, 'knn20')} | "
+                    f"{cell(rs, 'knn200')} |")
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("encoders", nargs="*")
+    p.add_argument("--train", default="../shared/data/pcam/train")
+    p.add_argument("--val", default="../shared/data/pcam/valid")
+    p.add_argument("--out", type=Path, required=True, help="folder of result JSON files")
+    p.add_argument("--label", help="group name for --table (default: the encoder spec)")
+    p.add_argument("--cache-dir", help="decoded-image cache (default ~/.cache/gcmae)")
+    p.add_argument("--table", action="store_true", help="print the table of --out and exit")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if not args.table:
+        probe(args.encoders, args.train, args.val, args.out, args.label, args.cache_dir)
+    print(table(args.out))
+
+
+if __name__ == "__main__":
+    main()
