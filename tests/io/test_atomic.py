@@ -1,8 +1,12 @@
 import csv
+import os
+import stat
 
 import pytest
+import torch
+from safetensors.torch import save_file
 
-from gcmae.io.atomic import write_csv_atomic
+from gcmae.io.atomic import atomic_path, write_csv_atomic
 
 
 def test_csv_fields_with_commas_quotes_and_newlines_read_back(tmp_path):
@@ -26,3 +30,14 @@ def test_a_failing_row_source_leaves_the_old_file_untouched(tmp_path):
         write_csv_atomic(path, ["x"], rows())
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["t.csv"]
+
+
+def test_atomic_files_get_the_umask_permissions_not_0600(tmp_path):
+    old = os.umask(0o022)
+    try:
+        with atomic_path(tmp_path / "w.safetensors") as tmp:
+            save_file({"w": torch.zeros(2)}, str(tmp))
+            os.chmod(tmp, 0o600)  # what some writers do
+        assert stat.S_IMODE((tmp_path / "w.safetensors").stat().st_mode) == 0o644
+    finally:
+        os.umask(old)
