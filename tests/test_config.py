@@ -83,3 +83,13 @@ def test_lists_mappings_and_nested_dataclasses_are_checked():
         from_dict(Outer, {"overrides": {"m": "x=1"}})
     with pytest.raises(ConfigError, match=r"unknown config key\(s\) items\[0\].colour"):
         from_dict(Outer, {"items": [{"name": "a", "colour": 1}]})
+
+
+def test_exponent_floats_without_a_dot_are_numbers(tmp_path):
+    """YAML 1.1 reads `3e-4` as a string; a learning rate written that way must still work."""
+    path = tmp_path / "c.yaml"
+    path.write_text("optim:\n  base_lr: 3e-4\n  min_lr: 1E-6\n")
+    cfg = load_pretrain_config(path, ["loss.temperature=7e-2"])
+    assert (cfg.optim.base_lr, cfg.optim.min_lr, cfg.loss.temperature) == (3e-4, 1e-6, 0.07)
+    with pytest.raises(ConfigError, match="optim.base_lr: expected a number"):
+        load_pretrain_config(path, ["optim.base_lr=fast"])

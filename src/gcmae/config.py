@@ -5,6 +5,7 @@ Unknown keys and wrong types are errors that name the key, so a typo never silen
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -90,6 +91,8 @@ class TrainerConfig:
     log_every_n_steps: int = 10
     deterministic: bool = False
     progress_bar: bool = True
+    # resume even when the run folder was trained on other data or another architecture (normally refused)
+    force_resume: bool = False
 
 
 @dataclass
@@ -141,8 +144,12 @@ class PretrainConfig:
             )
 
 
+_YAML11_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Check `value` against the annotation `tp`, converting only int->float and list->tuple."""
+    """Check `value` against the annotation `tp`, converting only int->float, list->tuple and numbers that YAML 1.1
+    reads as strings (`3e-4`, `1e5`: no dot) to float."""
     origin = typing.get_origin(tp)
     if tp is Any:
         return value
@@ -176,6 +183,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str) and _YAML11_FLOAT.fullmatch(value.strip()):
             return float(value)
         raise ConfigError(f"{key}: expected a number, got {value!r}")
     if tp is int:

@@ -23,6 +23,14 @@ def _headline(metrics: dict[str, Any]) -> dict[str, Any]:
     return {k: metrics[k] for k in HEADLINE}
 
 
+def logistic_probe_predictions(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray,
+                               max_iter: int = 2000) -> np.ndarray:
+    """Predicted classes of a logistic regression on standardised features (fit on train)."""
+    scaler = StandardScaler().fit(train_x)
+    clf = LogisticRegression(max_iter=max_iter).fit(scaler.transform(train_x), train_y)
+    return clf.predict(scaler.transform(val_x))
+
+
 def logistic_probe(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_y: np.ndarray,
                    classes: list[str], max_iter: int = 2000) -> dict[str, Any]:
     """Headline metrics of a logistic regression on standardised features, fit on train and scored on val."""

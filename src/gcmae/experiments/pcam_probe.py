@@ -32,24 +32,25 @@ COLOUR = "colour-histogram"
 
 
 @torch.no_grad()
-def encoder_features(spec: str, images: torch.Tensor, batch_size: int = 256) -> dict[str, np.ndarray]:
+def encoder_features(spec: str, images: torch.Tensor, batch_size: int = 256,
+                     device: str | torch.device = "cpu") -> dict[str, np.ndarray]:
     """{"cls": (N, D), "mean": (N, D)} of the encoder named by `spec` on uint8 images (N, 3, S, S)."""
     if spec.startswith("random:"):
         _, name, patch, seed = spec.split(":")
         enc = load_encoder(RANDOM, encoder=name, img_size=images.shape[-1], patch_size=int(patch), seed=int(seed))
     else:
         enc = load_encoder(spec)
-    vit = enc.model.encoder.eval()
-    mean = torch.tensor(enc.mean).view(1, 3, 1, 1)
-    std = torch.tensor(enc.std).view(1, 3, 1, 1)
+    vit = enc.model.encoder.eval().to(device)
+    mean = torch.tensor(enc.mean, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(enc.std, device=device).view(1, 3, 1, 1)
     cls, avg = [], []
     for start in range(0, images.shape[0], batch_size):
-        x = (images[start : start + batch_size].float() / 255 - mean) / std
+        x = (images[start : start + batch_size].to(device).float() / 255 - mean) / std
         if x.shape[-1] != enc.img_size:
             x = F.interpolate(x, size=(enc.img_size, enc.img_size), mode="bicubic", align_corners=False)
         tokens = vit.forward_features(x)
-        cls.append(tokens[:, 0])
-        avg.append(tokens[:, vit.num_prefix_tokens :].mean(1))
+        cls.append(tokens[:, 0].float().cpu())
+        avg.append(tokens[:, vit.num_prefix_tokens :].mean(1).float().cpu())
     return {"cls": torch.cat(cls).numpy(), "mean": torch.cat(avg).numpy()}
 
 
@@ -58,7 +59,7 @@ def _slug(text: str) -> str:
 
 
 def probe(specs: list[str], train_dir: str, val_dir: str, out: Path, label: str | None = None,
-          cache_dir: str | None = None, size: int = 96) -> list[Path]:
+          cache_dir: str | None = None, size: int = 96, device: str = "cpu") -> list[Path]:
     """Probe every encoder of `specs`; one JSON per (encoder, pool) in `out`. Returns the files written or found."""
     cache = cache_dir or default_cache_dir()
     train = TensorImageDataset(train_dir, size, cache, validate="none")
@@ -76,7 +77,8 @@ def probe(specs: list[str], train_dir: str, val_dir: str, out: Path, label: str 
         if spec == COLOUR:
             feats = {"hist": (colour_histogram_features(train.images), colour_histogram_features(val.images))}
         else:
-            tr, va = encoder_features(spec, train.images), encoder_features(spec, val.images)
+            tr = encoder_features(spec, train.images, device=device)
+            va = encoder_features(spec, val.images, device=device)
             feats = {p: (tr[p], va[p]) for p in pools}
         for pool, (tr_x, va_x) in feats.items():
             result = frozen_probe(tr_x, train.labels.numpy(), va_x, val.labels.numpy(), train.classes)
@@ -116,11 +118,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, required=True, help="folder of result JSON files")
     p.add_argument("--label", help="group name for --table (default: the encoder spec)")
     p.add_argument("--cache-dir", help="decoded-image cache (default ~/.cache/gcmae)")
+    p.add_argument("--device", default="cpu", help="device for the encoder (e.g. cuda)")
     p.add_argument("--table", action="store_true", help="print the table of --out and exit")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if not args.table:
-        probe(args.encoders, args.train, args.val, args.out, args.label, args.cache_dir)
+        probe(args.encoders, args.train, args.val, args.out, args.label, args.cache_dir, device=args.device)
     print(table(args.out))
 
 

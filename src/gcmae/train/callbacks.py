@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -40,17 +41,64 @@ def last_checkpoint_in(out_dir: str | Path) -> Path:
     return Path(out_dir) / "checkpoints" / "last.ckpt"
 
 
+def is_intact_checkpoint(path: Path) -> bool:
+    """True when every member of the checkpoint's zip archive reads back with its CRC (a truncated or
+    half-copied file fails); cheap next to loading it."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.testzip() is None
+    except (OSError, zipfile.BadZipFile, EOFError):
+        return False
+
+
 def checkpoint_to_resume(out_dir: Path, resume: bool = True) -> Path | None:
-    """The run's last.ckpt when `resume` and it exists, else None. First deletes the temporary files of an
-    AtomicCheckpointIO write that a killed run left; when resuming, keeps the previous metrics.csv as a part
-    (Lightning's CSVLogger would overwrite it)."""
-    for stale in (out_dir / "checkpoints").glob(".*.tmp"):
+    """The newest intact checkpoint of the run when `resume`: last.ckpt, else (when it is missing or damaged) the
+    newest intact epochNNN.ckpt, with a warning naming what was skipped; None for a fresh run.
+
+    First deletes the temporary files of an AtomicCheckpointIO write that a killed run left; when resuming, keeps
+    the previous metrics.csv as a part (Lightning's CSVLogger would overwrite it)."""
+    folder = out_dir / "checkpoints"
+    for stale in folder.glob(".*.tmp"):
         stale.unlink()
-    last = last_checkpoint_in(out_dir)
-    if not (resume and last.exists()):
+    if not resume:
         return None
-    keep_previous_metrics(out_dir / "logs")
-    return last
+    last = last_checkpoint_in(out_dir)
+    epochs = sorted(folder.glob("epoch*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True)
+    candidates = ([last] if last.exists() else []) + epochs
+    for path in candidates:
+        if is_intact_checkpoint(path):
+            if path != last:
+                damaged = ", ".join(str(p) for p in candidates[: candidates.index(path)])
+                log.warning("resuming from %s: %s is damaged or missing (truncated copy or full disk?)",
+                            path, damaged or last)
+            keep_previous_metrics(out_dir / "logs")
+            return path
+        log.warning("checkpoint %s is damaged (its zip archive does not read back); skipping it", path)
+    if candidates:
+        raise RuntimeError(f"no intact checkpoint in {folder} to resume from ({', '.join(map(str, candidates))} "
+                           "are all damaged): move the folder away to start afresh")
+    return None
+
+
+class KeepNewestEpoch(L.Callback):
+    """Deletes epochNNN.ckpt files other than the newest after each save. Lightning's own pruning tracks absolute
+    paths, so it stops working once a run folder is moved or renamed."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+
+    def _prune(self, trainer: L.Trainer) -> None:
+        if trainer.global_rank != 0:
+            return
+        numbered = [(int(p.stem[5:]), p) for p in self.folder.glob("epoch*.ckpt") if p.stem[5:].isdigit()]
+        for _, old in sorted(numbered)[:-1]:
+            old.unlink(missing_ok=True)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._prune(trainer)  # the previous epoch's file is saved by now
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._prune(trainer)
 
 
 class KNNMonitor(L.Callback):

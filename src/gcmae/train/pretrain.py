@@ -17,13 +17,14 @@ from lightning.pytorch.strategies import DDPStrategy, Strategy
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from gcmae.config import PretrainConfig, dump_yaml, to_dict
+from gcmae.config import ConfigError, PretrainConfig, dump_yaml, to_dict
 from gcmae.data.datasets import ImageFolderDataset
 from gcmae.data.in_memory import TensorImageDataset, default_cache_dir
 from gcmae.data.sampler import SeededEpochSampler
 from gcmae.data.transforms import eval_transform, pretrain_transform
 from gcmae.io.atomic import write_text_atomic
-from gcmae.train.callbacks import AtomicCheckpointIO, KNNMonitor, checkpoint_to_resume, last_checkpoint_in
+from gcmae.train.callbacks import (AtomicCheckpointIO, KeepNewestEpoch, KNNMonitor, checkpoint_to_resume,
+                                   last_checkpoint_in)
 from gcmae.train.module import PretrainModule
 from gcmae.train.precision import cpu_name, resolve_precision
 from gcmae.viz.curves import metrics_files, plot_curves
@@ -88,12 +89,38 @@ def write_figures(out_dir: Path, pl_module: PretrainModule, dataset: ImageFolder
                              seed=cfg.trainer.seed)
 
 
-def _warn_config_change(saved: Path, cfg: PretrainConfig) -> None:
-    old = yaml.safe_load(saved.read_text()) or {}
+BINDING = ("model", "data.train_dir")  # what a run folder's checkpoint and memory bank are bound to
+
+
+def check_run_folder(out_dir: Path, cfg: PretrainConfig, num_images: int) -> None:
+    """Refuse to resume a run folder with other data or another architecture (the memory bank's indices and the
+    weights would no longer fit); warn about other changes (e.g. more epochs)."""
+    saved, report = out_dir / "config.yaml", out_dir / "data_report.json"
+    old = (yaml.safe_load(saved.read_text()) or {}) if saved.exists() else {}
     new = to_dict(cfg)
-    changed = [f"{s}.{k}" for s in new for k in new[s] if s != "trainer" and old.get(s, {}).get(k) != new[s][k]]
+    changed = [f"{s}.{k}" for s in new for k in new[s]
+               if s != "trainer" and old and old.get(s, {}).get(k) != new[s][k]]
+    binding = [c for c in changed if c.split(".")[0] in BINDING or c in BINDING]
+    if report.exists():
+        before = json.loads(report.read_text()).get("images")
+        if before is not None and before != num_images:
+            raise ConfigError(f"{out_dir} holds a run trained on {before} images, but {cfg.data.train_dir} has "
+                              f"{num_images}: its memory bank has one entry per image, so it cannot continue on "
+                              f"these. Start a new run with trainer.out_dir=<a new folder>")
+    if binding and not cfg.trainer.force_resume:
+        details = "; ".join(_describe(c, old, new) for c in binding)
+        raise ConfigError(f"{out_dir} holds a run trained with other settings: {details}. Start a new run with "
+                          f"trainer.out_dir=<a new folder>, or add trainer.force_resume=true to continue this one "
+                          f"anyway (its memory bank then no longer matches the images)")
     if changed:
         log.warning("resuming with a config that differs from %s in: %s", saved, ", ".join(changed))
+
+
+def _describe(key: str, old: dict, new: dict) -> str:
+    if "." not in key:
+        return key
+    section, name = key.split(".", 1)
+    return f"{key} was {old.get(section, {}).get(name)!r}, now {new[section][name]!r}"
 
 
 def make_strategy(cfg: PretrainConfig) -> str | Strategy:
@@ -131,8 +158,8 @@ def run_pretrain(cfg: PretrainConfig, resume: bool = True, extra_callbacks: Sequ
                                                                      d.mean, d.std), d.validate)
     ckpt_path = checkpoint_to_resume(out_dir, resume)
     config_file = out_dir / "config.yaml"
-    if ckpt_path and config_file.exists():
-        _warn_config_change(config_file, cfg)
+    if ckpt_path:
+        check_run_folder(out_dir, cfg, len(dataset))
     write_text_atomic(config_file, dump_yaml(cfg))
     if dataset.rejected:
         write_text_atomic(out_dir / "rejected_images.txt",
@@ -142,8 +169,10 @@ def run_pretrain(cfg: PretrainConfig, resume: bool = True, extra_callbacks: Sequ
 
     module = PretrainModule(to_dict(cfg), num_data=len(dataset))
     callbacks: list[L.Callback] = [
+        # no "-v1" files: a moved run folder keeps writing last.ckpt (Lightning versions names it thinks are taken)
         ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="epoch{epoch:03d}", auto_insert_metric_name=False,
-                        save_last=True, save_top_k=1, every_n_epochs=1),
+                        save_last=True, save_top_k=1, every_n_epochs=1, enable_version_counter=False),
+        KeepNewestEpoch(out_dir / "checkpoints"),
         RunFigures(out_dir, dataset, cfg),
     ]
     m = cfg.monitor

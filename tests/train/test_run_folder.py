@@ -1,0 +1,57 @@
+"""A run folder is bound to its data and model; a moved folder or a damaged last.ckpt still resumes correctly."""
+from __future__ import annotations
+
+import logging
+import shutil
+
+import pytest
+import torch
+
+from gcmae.config import ConfigError
+from gcmae.train.pretrain import run_pretrain
+from tests.train.helpers import tiny_config
+
+
+def _epoch(path) -> int:
+    return torch.load(path, map_location="cpu", weights_only=True)["epoch"]
+
+
+def test_a_moved_run_folder_keeps_writing_last_ckpt(small_pcam, tmp_path):
+    run_pretrain(tiny_config(small_pcam, tmp_path / "x", "optim.epochs=1"))
+    shutil.move(tmp_path / "x", tmp_path / "y")
+    run_pretrain(tiny_config(small_pcam, tmp_path / "y", "optim.epochs=3"))
+    ckpts = sorted(p.name for p in (tmp_path / "y" / "checkpoints").iterdir())
+    assert ckpts == ["epoch002.ckpt", "last.ckpt"], ckpts  # no last-v1.ckpt, the old epoch file pruned
+    assert _epoch(tmp_path / "y" / "checkpoints" / "last.ckpt") == 2
+
+
+def test_other_data_or_architecture_is_refused_and_config_kept(small_pcam, tmp_path):
+    out = tmp_path / "run"
+    run_pretrain(tiny_config(small_pcam, out, "optim.epochs=1"))
+    config_before = (out / "config.yaml").read_text()
+    fewer, moved = tmp_path / "fewer", tmp_path / "moved"
+    shutil.copytree(small_pcam, fewer)
+    shutil.copytree(small_pcam, moved)
+    next((fewer / "0_negative").iterdir()).unlink()
+    with pytest.raises(ConfigError, match=r"trained on 32 images, but .*fewer has 31.*trainer.out_dir=<a new"):
+        run_pretrain(tiny_config(fewer, out, "optim.epochs=2", "trainer.force_resume=true"))
+    with pytest.raises(ConfigError, match=r"data.train_dir was .*small.*, now .*moved.*force_resume=true"):
+        run_pretrain(tiny_config(moved, out, "optim.epochs=2"))
+    with pytest.raises(ConfigError, match=r"model.patch_size was 8, now 16.*trainer.out_dir=<a new folder>"):
+        run_pretrain(tiny_config(small_pcam, out, "optim.epochs=2", "model.patch_size=16"))
+    assert (out / "config.yaml").read_text() == config_before
+    assert _epoch(out / "checkpoints" / "last.ckpt") == 0
+    run = run_pretrain(tiny_config(moved, out, "optim.epochs=2", "trainer.force_resume=true"))
+    assert run.trainer.current_epoch == 2 and _epoch(out / "checkpoints" / "last.ckpt") == 1
+
+
+def test_a_truncated_last_ckpt_falls_back_to_the_newest_intact_epoch(small_pcam, tmp_path, caplog):
+    out = tmp_path / "run"
+    run_pretrain(tiny_config(small_pcam, out, "optim.epochs=2"))
+    last = out / "checkpoints" / "last.ckpt"
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
+    with caplog.at_level(logging.WARNING):
+        run = run_pretrain(tiny_config(small_pcam, out, "optim.epochs=3"))
+    assert "resuming from" in caplog.text and "epoch001.ckpt" in caplog.text
+    assert run.trainer.current_epoch == 3
+    assert _epoch(last) == 2
