@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from _machine import benchmark_device, device_name, run_report  # first: it puts src/ on sys.path
-from gcmae.losses.memory_bank import MemoryBank
+from gcmae.models.memory_bank import MemoryBank
 from gcmae.losses.nce import nce_loss
 from gcmae.models.gcmae import GCMAE
 from gcmae.models.vit import ENCODER_PRESETS

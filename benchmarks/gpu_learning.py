@@ -275,7 +275,7 @@ def probe_stage(b: Bench, rec: dict[str, Any]) -> None:
     for label, spec in specs:
         cmd = [sys.executable, "-m", "gcmae.experiments.pcam_probe", "--train", str(a.pcam / "train"), "--val",
                str(a.pcam / "valid"), "--out", str(probe_dir), "--label", label, "--cache-dir", str(b.out / "cache"),
-               spec]
+               "--device", a.device, spec]
         rc, _ = b.run(cmd, f"probe_{label}", 90.0 if cuda else 45.0, reserve=40.0 if cuda else 10.0)
         try:
             b.check(rc, f"probe_{label}")

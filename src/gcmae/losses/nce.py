@@ -1,4 +1,10 @@
-"""Noise-contrastive estimation loss of NPID (Wu et al. 2018, eq. 6)."""
+"""The global-contrast losses.
+
+NCE of NPID (Wu et al. 2018, eqs. 4-6), which GCMAE uses unchanged (Quan et al. 2024, Sec. 3.3, eqs. 5-7):
+P(i|v) = exp(v_i . v / T) / Z over the memory bank, h(i, v) = P(i|v) / (P(i|v) + K P_n(i)) with uniform noise
+P_n = 1/N, and the loss -E[log h(pos)] - K E[log(1 - h(neg))]. InfoNCE (van den Oord et al. 2018) is offered as a
+variant (`loss.objective=infonce`); it needs no normaliser Z.
+"""
 from __future__ import annotations
 
 import torch

@@ -9,7 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.models.vision_transformer import Block
 
-from gcmae.losses.memory_bank import MemoryBank
+from gcmae.models.memory_bank import MemoryBank
 from gcmae.losses.nce import info_nce_loss, nce_loss
 from gcmae.losses.reconstruction import masked_reconstruction_loss, patchify, unpatchify
 from gcmae.models.masking import random_masking

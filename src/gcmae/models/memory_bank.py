@@ -1,4 +1,6 @@
-"""NPID memory bank (Wu et al. 2018) as used by GCMAE: one L2-normalised entry per training image."""
+"""NPID memory bank (Wu et al. 2018, Sec. 3.2) as used by GCMAE (Quan et al. 2024, Sec. 3.3): one L2-normalised
+entry per training image, scored against the masked view's embedding and then moved towards it
+(v_i <- normalise(m v_i + (1 - m) f_i), m = 0.5). The loss equations are in `gcmae.losses.nce`."""
 from __future__ import annotations
 
 import math

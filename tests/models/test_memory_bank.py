@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gcmae.losses.memory_bank import MemoryBank
+from gcmae.models.memory_bank import MemoryBank
 
 
 def make_bank(n=50, d=8, k=10, negatives="per_sample", seed=0):
@@ -84,7 +84,7 @@ def test_bank_state_round_trips_through_state_dict():
 
 
 def test_dense_and_gathered_per_sample_scores_agree(monkeypatch):
-    import gcmae.losses.memory_bank as mb
+    import gcmae.models.memory_bank as mb
 
     feats = F.normalize(torch.randn(4, 8), dim=1).requires_grad_()
     idx = torch.tensor([1, 2, 3, 4])
