@@ -105,3 +105,41 @@ def test_features_that_do_not_fit_the_classifier_are_refused(extracted_job, pcam
     assert "weights_id" in capsys.readouterr().err
     assert main(["heatmap", str(job), "--classifier", str(tmp_path)]) == 2
     assert "not a tile classifier folder" in capsys.readouterr().err
+
+
+def test_stain_normalised_extract_and_classifier_agree_and_a_different_normalisation_is_refused(
+        extracted_job, pcam_small, tiny_ckpt, tmp_path, capsys):
+    src, record = extracted_job  # features without stain normalisation
+    job = copy_job(src, tmp_path / "job")
+    clf_dir = tmp_path / "macenko_probe"
+    assert main(["tile-classifier", "train", "--train-dir", str(pcam_small[0]), "--checkpoint", str(tiny_ckpt),
+                 "--out", str(clf_dir), "--cache-dir", "", "--stain-norm", "macenko"]) == 0
+    meta = load_tile_classifier(clf_dir).meta
+    stain_id = meta["features"]["stain_id"]
+    assert stain_id.startswith("macenko-") and meta["features"]["stain"]["target_name"].startswith("crc-norm")
+    assert list(meta["stain_failed"]) == ["train"] and 0 <= meta["stain_failed"]["train"] < 60  # fatty patches
+    assert meta["features"]["tag"].endswith(stain_id)
+    capsys.readouterr()
+    # the unnormalised features are refused, naming both normalisations
+    assert main(["heatmap", str(job), "--classifier", str(clf_dir), "--tag", record["tag"]]) == 2
+    err = capsys.readouterr().err
+    assert "stain normalisation 'none'" in err and repr(stain_id) in err and "refused" in err
+    # extracting with the same normalisation makes features the classifier takes, with the normaliser recorded
+    assert main(["extract", str(job), "--checkpoint", str(tiny_ckpt), "--workers", "0", "--device", "cpu",
+                 "--stain-norm", "macenko"]) == 0
+    out = capsys.readouterr().out
+    assert "passed through without stain normalisation" in out
+    bag = load_bag(job / SLIDE_NAMES[0] / f"features_{meta['features']['tag']}.h5")
+    assert bag.attrs["stain_id"] == stain_id and json.loads(bag.attrs["stain"])["id"] == stain_id
+    assert 0 <= bag.attrs["stain_failed_tiles"] <= len(bag.features)
+    plain = load_bag(job / SLIDE_NAMES[0] / f"features_{record['tag']}.h5")
+    assert not np.allclose(plain.features, bag.features)  # the normalisation changed the features
+    assert main(["heatmap", str(job), "--classifier", str(clf_dir)]) == 0
+    # and a classifier without normalisation refuses the normalised features
+    assert main(["heatmap", str(job), "--classifier", str(clf_dir), "--tag", record["tag"]]) == 2
+    assert main(["tile-classifier", "train", "--train-dir", str(pcam_small[0]), "--checkpoint", str(tiny_ckpt),
+                 "--out", str(tmp_path / "plain"), "--cache-dir", "", "--stain-norm", "reinhard"]) == 0
+    capsys.readouterr()
+    assert main(["heatmap", str(job), "--classifier", str(tmp_path / "plain"), "--tag",
+                 meta["features"]["tag"]]) == 2
+    assert f"made with stain normalisation {stain_id!r}" in capsys.readouterr().err

@@ -28,6 +28,7 @@ from gcmae.io.atomic import atomic_path, write_text_atomic
 from gcmae.io.convert import build_gcmae_from_weights, load_weights
 from gcmae.models.gcmae import GCMAE
 from gcmae.models.vit import ENCODER_PRESETS
+from gcmae.stain import EncoderInputStain, StainNormalizer
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +52,20 @@ class Encoder:
     identity: dict[str, Any]
     description: str
     has_decoder: bool = True
+    stain: StainNormalizer | None = None  # applied to every batch before the model
 
     @property
     def transform_params(self) -> dict[str, Any]:
-        """Everything `eval_transform` depends on (part of the cache key)."""
-        return {"name": "resize_center_crop", "size": self.img_size, "interpolation": "bicubic",
-                "mean": list(self.mean), "std": list(self.std)}
+        """Everything the input pipeline depends on (part of the cache key): `eval_transform`, stain."""
+        params = {"name": "resize_center_crop", "size": self.img_size, "interpolation": "bicubic",
+                  "mean": list(self.mean), "std": list(self.std)}
+        if self.stain is not None:
+            params["stain"] = self.stain.to_dict()
+        return params
+
+    def stain_step(self) -> EncoderInputStain | None:
+        """A per-run stain step for embedding loops (it counts the tiles passed through), or None."""
+        return None if self.stain is None else EncoderInputStain(self.stain, self.mean, self.std)
 
 
 @dataclass
@@ -70,6 +79,7 @@ class FeatureSet:
     root: Path
     cache_path: Path | None = None
     from_cache: bool = False
+    stain_failed: int | None = None  # images passed through without stain normalisation (None: no normaliser)
 
 
 def file_digest(path: str | Path) -> str:
@@ -170,6 +180,14 @@ def _read_cache(path: Path, files: list[str]) -> dict[str, np.ndarray] | None:
     return arrays
 
 
+def _cached_stain_failed(path: Path) -> int | None:
+    """The stain failure count the cache manifest recorded (None when it cannot be read)."""
+    try:
+        return json.loads(path.with_suffix(".json").read_text()).get("stain_failed")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def _write_cache(path: Path, fs: FeatureSet, manifest: dict[str, Any]) -> None:
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         np.savez(fh, features=fs.features.numpy(), labels=fs.labels.numpy(),
@@ -199,14 +217,20 @@ def folder_features(
         if cache_path.is_file() and (arrays := _read_cache(cache_path, files)) is not None:
             log.info("features of %s from cache %s", dataset.root, cache_path)
             return FeatureSet(torch.from_numpy(arrays["features"]), torch.from_numpy(arrays["labels"]).long(),
-                              arrays["classes"].tolist(), files, dataset.root, cache_path, True)
+                              arrays["classes"].tolist(), files, dataset.root, cache_path, True,
+                              _cached_stain_failed(cache_path) if encoder.stain else None)
     log.info("embedding %d images of %s (%s, pool %s)", len(dataset), dataset.root, encoder.description, pool)
     model = encoder.model.to(device)
-    feats, labels = extract_features(model, dataset, pool, batch_size, num_workers, device)
+    stain = encoder.stain_step()
+    feats, labels = extract_features(model, dataset, pool, batch_size, num_workers, device, stain)
     fs = FeatureSet(feats.float().contiguous(), labels.long(), list(dataset.classes), files, dataset.root,
-                    cache_path, False)
+                    cache_path, False, stain.failed if stain else None)
+    if stain and stain.failed:
+        log.warning("%s: %d of %d images passed through without stain normalisation (no stain estimate)",
+                    dataset.root, stain.failed, stain.tiles)
     if cache_path is not None:
         manifest = {"folder": str(dataset.root), "weights": encoder.description, "pool": pool,
-                    "transform": encoder.transform_params, "num_images": len(files), "dim": feats.shape[1]}
+                    "transform": encoder.transform_params, "num_images": len(files), "dim": feats.shape[1],
+                    "stain_failed": fs.stain_failed}
         _write_cache(cache_path, fs, manifest)
     return fs

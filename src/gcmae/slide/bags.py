@@ -30,7 +30,7 @@ FORMAT = "gcmae-slide-features"
 FORMAT_VERSION = 1
 BAG_SUFFIXES = (".h5", ".hdf5", ".npz", ".pt", ".pth")
 # what must agree between a feature file and a model trained on (or a classifier fitted to) such features
-MATCH_KEYS = ("weights_id", "pool", "img_size")
+MATCH_KEYS = ("weights_id", "pool", "img_size", "stain_id")  # stain_id absent: no stain normalisation
 _BAG_ARRAYS = {"features": (2, "f"), "coords": (2, "iu")}
 
 

@@ -25,16 +25,30 @@ def _add_encoder_args(p: argparse.ArgumentParser, required: bool = True) -> None
     p.add_argument("--patch-size", type=int, default=None, help="patch size (checked / for --random-init)")
     p.add_argument("--seed", type=int, default=0, help="seed of --random-init")
     p.add_argument("--pool", choices=("cls", "mean"), default="cls", help="feature: cls token or mean of patches")
+    add_stain_args(p)
+
+
+def add_stain_args(p: argparse.ArgumentParser) -> None:
+    """--stain-norm and --stain-target (the normaliser is recorded with the features / model)."""
+    p.add_argument("--stain-norm", choices=("none", "macenko", "reinhard"), default="none",
+                   help="stain normalisation of every tile before the encoder (torchstain), fitted to "
+                        "--stain-target; tiles without a stain estimate pass through unchanged and are counted")
+    p.add_argument("--stain-target", default=None, help="reference H&E image for --stain-norm (default: the "
+                                                         "shipped CRC-VAL-HE-7K tile, gcmae/stain/targets/)")
 
 
 def _encoder(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     from gcmae.evaluate.features import RANDOM, load_encoder
     from gcmae.slide.features import encoder_record
+    from gcmae.stain import make_normalizer
 
+    stain = make_normalizer(args.stain_norm, args.stain_target)  # a bad target fails before the model loads
     if args.random_init:
         enc = load_encoder(RANDOM, args.random_init, args.img_size, args.patch_size, args.seed)
+        enc.stain = stain
         return enc, encoder_record(enc, RANDOM, args.pool)
     enc = load_encoder(args.checkpoint, args.encoder, args.img_size, args.patch_size)
+    enc.stain = stain
     return enc, encoder_record(enc, args.checkpoint, args.pool, img_size_given=args.img_size is not None)
 
 
@@ -73,8 +87,10 @@ def _tile_classifier_train(args: argparse.Namespace) -> int:
     clf = train_tile_classifier(encoder, record, args.train_dir, args.out, args.positive, args.val_dir, args.c,
                                 args.cache_dir or None, args.batch_size, args.workers, str(_device(args.device)))
     val = clf.meta.get("val")
+    failed = clf.meta.get("stain_failed")
     print(f"tile classifier ({', '.join(clf.classes)}; positive {clf.classes[clf.positive]}) in {args.out}: train "
-          f"accuracy {clf.meta['train_accuracy']:.4f}" + (f", val AUC {val['auc']:.4f}" if val else ""))
+          f"accuracy {clf.meta['train_accuracy']:.4f}" + (f", val AUC {val['auc']:.4f}" if val else "")
+          + (f"; stain {record['stain_id']}, images passed through unnormalised: {failed}" if failed else ""))
     return 0
 
 

@@ -39,6 +39,7 @@ from gcmae.slide.bags import FORMAT, FORMAT_VERSION, array_digest, feature_filen
 from gcmae.slide.coords import COORDS_FILENAME, CoordsFileError, SlideTiles, TileGrid, read_coords_h5
 from gcmae.slide.reader import SlideReader, SlideReadError, open_slide
 from gcmae.slide.tiling import read_tile
+from gcmae.stain import EncoderInputStain, StainNormalizer
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,8 @@ Stats = tuple[float, float, float]
 # ------------------------------------------------------------------------------------------ encoder identity
 def encoder_record(encoder: Encoder, checkpoint: str | Path, pool: str, img_size_given: bool = False) -> dict[str, Any]:
     """What identifies the features an encoder makes: weights id (SHA-256 of the checkpoint, or of a random
-    init's recipe), checkpoint path, architecture, image size, pool, normalisation, and the file-name tag."""
+    init's recipe), checkpoint path, architecture, image size, pool, normalisation, the stain normaliser when the
+    encoder has one (``stain``: its `to_dict`, ``stain_id``; also in the tag), and the file-name tag."""
     if pool not in POOLS:
         raise ValueError(f"pool must be one of {', '.join(POOLS)}, got {pool!r}")
     enc = encoder.model.encoder
@@ -65,11 +67,26 @@ def encoder_record(encoder: Encoder, checkpoint: str | Path, pool: str, img_size
         weights_id, stem = ident["sha256"], Path(checkpoint).name.split(".")[0]
         ckpt, digest = str(Path(checkpoint).resolve()), ident["sha256"]
     short = weights_id.removeprefix("random-")[:8]
-    tag = safe_name(f"{stem}-{short}-{pool}" + (f"-{encoder.img_size}px" if img_size_given else ""))
+    stain = encoder.stain
+    tag = safe_name(f"{stem}-{short}-{pool}" + (f"-{encoder.img_size}px" if img_size_given else "")
+                    + (f"-{stain.id}" if stain else ""))
     return {"weights_id": weights_id, "checkpoint": ckpt, "checkpoint_sha256": digest, "encoder": preset,
             "patch_size": int(ident["patch_size"]), "img_size": int(encoder.img_size), "pool": pool,
             "feature_dim": dim, "mean": list(encoder.mean), "std": list(encoder.std),
-            "seed": ident.get("seed"), "encoder_description": encoder.description, "tag": tag}
+            "seed": ident.get("seed"), "encoder_description": encoder.description, "tag": tag,
+            "stain": stain.to_dict() if stain else None, "stain_id": stain.id if stain else None}
+
+
+def stain_from_record(record: dict[str, Any]) -> StainNormalizer | None:
+    """The stain normaliser a record (or a feature file's attributes, where it is JSON) stores; None for none."""
+    stored = record.get("stain")
+    if not stored:
+        return None
+    stain = StainNormalizer.from_dict(stored)
+    if record.get("stain_id") not in (None, stain.id):
+        raise ValueError(f"recorded stain_id {record.get('stain_id')} does not match the stored normaliser "
+                         f"({stain.id})")
+    return stain
 
 
 def load_recorded_encoder(record: dict[str, Any]) -> Encoder:
@@ -81,6 +98,7 @@ def load_recorded_encoder(record: dict[str, Any]) -> Encoder:
         if not path.exists():
             raise FileNotFoundError(f"encoder checkpoint {path} (recorded by the model) not found")
         encoder = load_encoder(path, img_size=record["img_size"])
+    encoder.stain = stain_from_record(record)  # extraction applies exactly what training applied
     found = encoder_record(encoder, record["checkpoint"], record["pool"])["weights_id"]
     if found != record["weights_id"]:
         raise ValueError(f"encoder checkpoint {record['checkpoint']} has changed since the model was trained: "
@@ -155,24 +173,32 @@ def autocast(device: torch.device, precision: str) -> Any:
 
 @torch.no_grad()
 def embed_tiles(model: torch.nn.Module, loader: DataLoader, pool: str, device: torch.device, out: h5py.Dataset,
-                precision: str = "fp32", desc: str = "", progress: bool = True) -> None:
-    """Embed every batch of `loader` with `model.embed(images, pool)` into rows of `out` (in loader order)."""
+                precision: str = "fp32", desc: str = "", progress: bool = True,
+                stain: EncoderInputStain | None = None) -> None:
+    """Embed every batch of `loader` with `model.embed(images, pool)` into rows of `out` (in loader order);
+    `stain` normalises each batch on `device` first (in fp32) and counts the tiles it passes through."""
     for imgs, idx in tqdm(loader, desc=desc, unit="batch", leave=False, disable=not progress):
+        imgs = imgs.to(device, non_blocking=True)
+        if stain is not None:
+            imgs = stain(imgs)
         with autocast(device, precision):
-            feats = model.embed(imgs.to(device, non_blocking=True), pool)
+            feats = model.embed(imgs, pool)
         out[int(idx[0]) : int(idx[-1]) + 1] = feats.float().cpu().numpy()
 
 
 def extract_slide(tiles: SlideTiles, slide_path: Path, encoder: Encoder, record: dict[str, Any], out_path: Path,
                   batch_size: int = 64, num_workers: int = 2, device: torch.device | str = "cpu",
-                  precision: str = "fp32", progress: bool = True) -> None:
-    """Write `out_path` (features_<tag>.h5) for one slide; atomic: a failure leaves nothing behind."""
+                  precision: str = "fp32", progress: bool = True) -> int:
+    """Write `out_path` (features_<tag>.h5) for one slide; atomic: a failure leaves nothing behind. The stain
+    normaliser is the record's (``record["stain"]``); returns how many tiles it passed through unchanged."""
     device = torch.device(device)
     if len(tiles):
         open_slide(slide_path).close()  # an unreadable slide fails here, before any worker starts
     model = encoder.model.to(device).eval()
     dataset = TileDataset.from_tiles(tiles, encoder, slide_path)
     attrs = {**_slide_attrs(tiles, slide_path, record), "precision": precision}
+    normalizer = stain_from_record(record)
+    stain = EncoderInputStain(normalizer, encoder.mean, encoder.std) if normalizer else None
     n, dim = len(tiles), record["feature_dim"]
     with atomic_path(out_path) as tmp:
         with h5py.File(tmp, "w") as h5:
@@ -183,12 +209,18 @@ def extract_slide(tiles: SlideTiles, slide_path: Path, encoder: Encoder, record:
             if n:
                 try:
                     embed_tiles(model, tile_loader(dataset, batch_size, num_workers, device), record["pool"],
-                                device, feats, precision, tiles.name, progress)
+                                device, feats, precision, tiles.name, progress, stain)
                 finally:
                     dataset.close()
+            if stain is not None:
+                write_attrs(h5, {"stain_failed_tiles": stain.failed})
             write_attrs(h5, {"complete": True,
                              "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                              "gcmae_version": __version__, "torch_version": torch.__version__})
+    if stain is not None and stain.failed:
+        log.warning("%s: %d of %d tiles passed through without stain normalisation (no stain estimate)",
+                    tiles.name, stain.failed, n)
+    return stain.failed if stain is not None else 0
 
 
 # ---------------------------------------------------------------------------------------------- a whole job
@@ -200,11 +232,14 @@ class ExtractSummary:
     failures: list[tuple[str, str]] = field(default_factory=list)
     other_shards: int = 0
     tiles: int = 0
+    stain_failed: int | None = None  # tiles embedded without stain normalisation (None: no normaliser)
 
     def __str__(self) -> str:
-        return (f"{len(self.done)} slide(s) embedded ({self.tiles} tiles), {len(self.skipped)} already done, "
-                f"{len(self.busy)} busy elsewhere, {len(self.failures)} failed, {self.other_shards} left to other "
-                f"shards")
+        stain = "" if self.stain_failed is None else (f", {self.stain_failed} tile(s) passed through without stain "
+                                                      f"normalisation")
+        return (f"{len(self.done)} slide(s) embedded ({self.tiles} tiles{stain}), {len(self.skipped)} already "
+                f"done, {len(self.busy)} busy elsewhere, {len(self.failures)} failed, {self.other_shards} left to "
+                f"other shards")
 
 
 def parse_shard(shard: str | None) -> tuple[int, int]:
@@ -258,7 +293,8 @@ def extract_job(job_dir: str | Path, encoder: Encoder, record: dict[str, Any], b
     job_dir, index, count = Path(job_dir), shard[0], shard[1]
     slides = tiled_slides(job_dir, names)
     mine = slides[index::count]
-    summary = ExtractSummary(other_shards=len(slides) - len(mine))
+    summary = ExtractSummary(other_shards=len(slides) - len(mine),
+                             stain_failed=0 if record.get("stain") else None)
     out_name = feature_filename(record["tag"])
     sweep_dead_claimers(job_dir)
     for slide_dir in tqdm(mine, desc="slides", unit="slide", disable=not progress or len(mine) < 2):
@@ -273,14 +309,18 @@ def extract_job(job_dir: str | Path, encoder: Encoder, record: dict[str, Any], b
             try:
                 tiles = read_coords_h5(slide_dir / COORDS_FILENAME)
                 expect = {"weights_id": record["weights_id"], "pool": record["pool"], "img_size": record["img_size"],
-                          "coords_sha256": array_digest(tiles.coords), "num_tiles": len(tiles), "precision": precision}
+                          "coords_sha256": array_digest(tiles.coords), "num_tiles": len(tiles), "precision": precision,
+                          "stain_id": record.get("stain_id")}
                 if is_complete_features(out_path, expect):
                     summary.skipped.append(slide_dir.name)
                     continue
                 if out_path.exists():
                     log.warning("%s: %s is unfinished or stale; recomputing", slide_dir.name, out_name)
-                extract_slide(tiles, _slide_file(tiles, Path(slides_dir) if slides_dir else None), encoder,
-                              record, out_path, batch_size, num_workers, torch.device(device), precision, progress)
+                failed = extract_slide(tiles, _slide_file(tiles, Path(slides_dir) if slides_dir else None), encoder,
+                                       record, out_path, batch_size, num_workers, torch.device(device), precision,
+                                       progress)
+                if summary.stain_failed is not None:
+                    summary.stain_failed += failed
             except READ_FAILURES as err:
                 lines = str(err).strip().splitlines() or [""]
                 # a DataLoader worker's error carries its traceback; its last line is "module.Type: message"

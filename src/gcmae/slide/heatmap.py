@@ -99,10 +99,12 @@ def features_for(slide_dir: Path, meta: dict[str, Any], tag: str | None = None) 
     others = sorted(slide_dir.glob(f"{FEATURES_PREFIX}*.h5"))
     found = "; ".join(f"{p.name} (checkpoint {read_attrs(p).get('checkpoint')}, pool {read_attrs(p).get('pool')})"
                       for p in others) or "none"
+    stain = meta.get("stain_id") or "none"
     raise FileNotFoundError(
         f"{slide_dir}: no {path.name}; the classifier needs features of checkpoint {meta.get('checkpoint')} with "
-        f"pool {meta.get('pool')} (found: {found}); run gcmae extract {slide_dir.parent} --checkpoint "
-        f"{meta.get('checkpoint')} --pool {meta.get('pool')}")
+        f"pool {meta.get('pool')} and stain normalisation {stain} (found: {found}); run gcmae extract "
+        f"{slide_dir.parent} --checkpoint {meta.get('checkpoint')} --pool {meta.get('pool')}"
+        + (f" --stain-norm {stain.split('-')[0]} --stain-target <the classifier's target>" if stain != "none" else ""))
 
 
 def heatmap_slide(slide_dir: Path, clf: TileClassifier, name: str, tag: str | None = None,

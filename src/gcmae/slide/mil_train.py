@@ -37,7 +37,7 @@ from gcmae.slide.tile_classifier import check_features_match, load_tile_classifi
 log = logging.getLogger(__name__)
 
 ENCODER_KEYS = ("weights_id", "checkpoint", "checkpoint_sha256", "encoder", "patch_size", "img_size", "pool",
-                "feature_dim", "mean", "std", "seed", "encoder_description", "tag")
+                "feature_dim", "mean", "std", "seed", "encoder_description", "tag", "stain", "stain_id")
 TILE_KEYS = ("tile_size", "tile_mpp", "level", "read_size", "step", "extent")
 CLASSIFIER_DIR = "tile_classifier"
 

@@ -76,6 +76,7 @@ def train_tile_classifier(encoder: Encoder, record: dict[str, Any], train_dir: s
         "format": FORMAT, "version": 1, "classes": train.classes, "positive": positive,
         "features": {k: record[k] for k in record}, "train_dir": str(Path(train_dir).resolve()),
         "num_train": len(train.files), "logreg_c": c, "converged": converged,
+        "stain_failed": {"train": train.stain_failed} if train.stain_failed is not None else None,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     clf = TileClassifier(lr.coef_.copy(), lr.intercept_.copy(), scaler.mean_.copy(), scaler.scale_.copy(),
@@ -87,6 +88,8 @@ def train_tile_classifier(encoder: Encoder, record: dict[str, Any], train_dir: s
             raise ValueError(f"{val_dir} has classes {val.classes}, {train_dir} has {train.classes}")
         meta["val"] = classification_metrics(val.labels, clf.predict_proba(val.features.numpy()), val.classes)
         meta["val_dir"] = str(Path(val_dir).resolve())
+        if val.stain_failed is not None:
+            meta["stain_failed"]["val"] = val.stain_failed
     save_tile_classifier(clf, out_dir)
     return clf
 
@@ -128,10 +131,26 @@ def load_tile_classifier(clf_dir: str | Path) -> TileClassifier:
 
 
 def check_features_match(clf_meta: dict[str, Any], attrs: dict[str, Any], where: str) -> None:
-    """ValueError naming `where` when feature attributes disagree with what a model was trained on."""
+    """ValueError naming `where` when feature attributes disagree with what a model was trained on: another
+    encoder, pool or image size, or another stain normalisation (none counts as one)."""
     want = clf_meta
+    if "weights_id" in attrs or "stain_id" in attrs:  # gcmae features: no stain_id means not normalised
+        have, need = attrs.get("stain_id") or "none", want.get("stain_id") or "none"
+        if have != need:
+            raise ValueError(f"{where}: these features were made with stain normalisation {have!r}, the model "
+                             f"was trained on features made with {need!r}{_stain_hint(want)}; refused "
+                             f"(re-extract with the model's normalisation)")
     diffs = [f"{k}: features {attrs.get(k)!r} vs model {want.get(k)!r}" for k in MATCH_KEYS
-             if k in attrs and want.get(k) is not None and attrs.get(k) != want.get(k)]
+             if k != "stain_id" and k in attrs and want.get(k) is not None and attrs.get(k) != want.get(k)]
     if diffs:
         raise ValueError(f"{where}: these features were not made by the encoder the model expects "
                          f"(checkpoint {want.get('checkpoint')}, pool {want.get('pool')}): {'; '.join(diffs)}")
+
+
+def _stain_hint(record: dict[str, Any]) -> str:
+    stored = record.get("stain")
+    if not stored:
+        return " (--stain-norm none)"
+    d = json.loads(stored) if isinstance(stored, str) else stored
+    return (f" (--stain-norm {d.get('method')} --stain-target <the image with sha256 "
+            f"{str(d.get('target_sha256'))[:16]}…, {d.get('target_name')}>)")
