@@ -9,6 +9,7 @@ import pytest
 
 from gcmae.cli import build_parser, main
 from gcmae.evaluate.options import KNNOptions, LinprobeOptions, resolve_options
+from tests.evaluate.conftest import save_state
 
 RANDOM = ["--checkpoint", "random", "--encoder", "vit_tiny", "--img-size", "32", "--patch-size", "8"]
 
@@ -189,3 +190,21 @@ def test_yaml_configs_and_flag_precedence():
                                   "--train", "t", "--val", "v", "--out", "o"])
         opts = resolve_options(LinprobeOptions, args)
         assert opts.protocol == protocol and opts.base_lr == 0.1 and opts.epochs == 90
+
+
+def test_knn_stain_norm_embeds_normalised_images_under_its_own_cache_key(pcam_pair, timm_state, tmp_path):
+    ckpt = save_state(tmp_path / "vit.pth", timm_state)
+    cache = tmp_path / "cache"
+    runs = {}
+    for norm in ("none", "macenko"):
+        out = tmp_path / norm
+        assert main(["knn", "--checkpoint", str(ckpt), "--train", str(pcam_pair[0]), "--val", str(pcam_pair[1]),
+                     "--out", str(out), "--k", "5", "20", "--cache-dir", str(cache), "--stain-norm", norm]) == 0
+        runs[norm] = json.loads((out / "metrics.json").read_text())
+    assert runs["none"]["stain"] is None and runs["none"]["settings"]["stain_norm"] == "none"
+    stain = runs["macenko"]["stain"]
+    assert stain["method"] == "macenko" and set(stain["passed_through"]) == {"train", "val"}
+    plain, normed = runs["none"]["feature_cache"]["train"], runs["macenko"]["feature_cache"]["train"]
+    assert plain != normed and not np.allclose(np.load(plain)["features"], np.load(normed)["features"])
+    assert main(["linprobe", "--checkpoint", str(ckpt), "--train", str(pcam_pair[0]), "--val", str(pcam_pair[1]),
+                 "--out", str(tmp_path / "lp"), "--protocol", "paper", "--stain-norm", "macenko"]) == 2

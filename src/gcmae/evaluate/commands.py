@@ -44,7 +44,7 @@ def _transfer(args: argparse.Namespace) -> int:
         cfg.models.append(ModelSpec(args.method, args.checkpoint, args.pretrain_set, args.seed, args.encoder,
                                     args.img_size, args.patch_size))
     cfg.eval.eval_sets += [EvalSet.parse(spec) for spec in args.eval or []]
-    for name in ("out", "pool", "device", "cache_dir"):
+    for name in ("out", "pool", "device", "cache_dir", "stain_norm", "stain_target"):
         if getattr(args, name) is not None:
             target = cfg if name == "out" else cfg.eval
             setattr(target, name, getattr(args, name))
@@ -77,6 +77,9 @@ def _add_transfer_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pool", choices=("cls", "mean"))
     p.add_argument("--device")
     p.add_argument("--cache-dir")
+    p.add_argument("--stain-norm", choices=("none", "macenko", "reinhard"),
+                   help="stain normalisation before the frozen encoder (default: none)")
+    p.add_argument("--stain-target", help="reference image for --stain-norm (default: the shipped target)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_transfer)
     p = sub.add_parser("replicate", help="the paper's comparison under one budget: pretrain GCMAE, MAE, "

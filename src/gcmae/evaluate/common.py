@@ -25,7 +25,13 @@ def resolve_device(name: str) -> torch.device:
 
 
 def encoder_from_options(opts: BaseOptions) -> Encoder:
-    return load_encoder(opts.checkpoint, opts.encoder, opts.img_size, opts.patch_size, opts.seed)
+    """The encoder of the options, with its stain normaliser when the options ask for one."""
+    from gcmae.stain import make_normalizer
+
+    stain = make_normalizer(getattr(opts, "stain_norm", None), getattr(opts, "stain_target", None) or None)
+    encoder = load_encoder(opts.checkpoint, opts.encoder, opts.img_size, opts.patch_size, opts.seed)
+    encoder.stain = stain
+    return encoder
 
 
 def check_same_classes(train_classes: list[str], train_root: Path, val_classes: list[str], val_root: Path) -> None:
@@ -63,4 +69,6 @@ def weights_summary(encoder: Encoder, train: FeatureSet, val: FeatureSet) -> dic
             "feature_dim": int(train.features.shape[1]), "num_train": len(train.files), "num_val": len(val.files),
             "classes": train.classes,
             "feature_cache": {"train": str(train.cache_path) if train.cache_path else None,
-                              "val": str(val.cache_path) if val.cache_path else None}}
+                              "val": str(val.cache_path) if val.cache_path else None},
+            "stain": None if encoder.stain is None else {
+                **encoder.stain.to_dict(), "passed_through": {"train": train.stain_failed, "val": val.stain_failed}}}

@@ -43,13 +43,21 @@ class EvalOptions(BaseOptions):
 
 
 @dataclass
-class KNNOptions(EvalOptions, CachedFeatureOptions):
+class StainOptions:
+    """Commands whose frozen features may be stain-normalised first (gcmae.stain)."""
+
+    stain_norm: str = "none"  # none, macenko or reinhard
+    stain_target: str = ""  # reference image; "" = the shipped default target
+
+
+@dataclass
+class KNNOptions(EvalOptions, CachedFeatureOptions, StainOptions):
     k: tuple[int, int] = (20, 200)
     temperature: float = 0.07
 
 
 @dataclass
-class LinprobeOptions(EvalOptions, CachedFeatureOptions):
+class LinprobeOptions(EvalOptions, CachedFeatureOptions, StainOptions):
     protocol: str = "fast"  # "fast": logistic regression on cached features; "paper": LARS + BN + linear head
     logreg_c: float = 1.0  # fast: inverse L2 strength of the logistic regression (on standardised features)
     max_iter: int = 1000  # fast: L-BFGS iterations
@@ -91,7 +99,8 @@ class VisualizeOptions(CachedFeatureOptions):
 REQUIRED = {BaseOptions: ("checkpoint", "out"), EvalOptions: ("train", "val"), VisualizeOptions: ("data",)}
 CHOICES: dict[str, tuple[str, ...]] = {"pool": ("cls", "mean"), "protocol": ("fast", "paper"),
                                        "metric": ("balanced_accuracy", "accuracy", "macro_f1", "auc"),
-                                       "precision": ("32-true", "bf16-mixed", "16-mixed")}
+                                       "precision": ("32-true", "bf16-mixed", "16-mixed"),
+                                       "stain_norm": ("none", "macenko", "reinhard")}
 VISUALS = ("tsne", "umap", "attention", "reconstruction")
 HELP = {
     "checkpoint": "checkpoint file (ours, official GCMAE/MAE, timm state dict), `gcmae export` folder, or 'random'",
@@ -121,6 +130,8 @@ HELP = {
     "seed": "random init / probe / t-SNE seed",
     "num_images": "attention / reconstruction: number of images",
     "max_points": "t-SNE: at most this many images (seeded subsample)",
+    "stain_norm": "stain normalisation of every image before the encoder (torchstain; fast protocol / kNN)",
+    "stain_target": "reference image for --stain-norm (default: the shipped CRC-VAL-HE-7K tile)",
 }
 CLASS_HELP: dict[type, dict[str, str]] = {  # per-command help where a shared field name means something else
     FinetuneOptions: {
@@ -200,6 +211,9 @@ def resolve_options(cls: type, args: argparse.Namespace) -> Any:
         value = getattr(opts, name, None)
         if value is not None and value not in choices:
             raise ConfigError(f"{name}: {value!r} is not one of {', '.join(choices)}")
+    if isinstance(opts, LinprobeOptions) and opts.protocol == "paper" and opts.stain_norm != "none":
+        raise ConfigError("stain_norm applies to frozen features (fast protocol, kNN); the paper protocol trains on "
+                          "augmented images and does not apply it")
     if isinstance(opts, VisualizeOptions):
         unknown = [w for w in opts.what.split(",") if w.strip() not in VISUALS]
         if unknown:

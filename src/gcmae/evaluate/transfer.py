@@ -15,6 +15,7 @@ from typing import Any
 from gcmae.config import ConfigError, dump_yaml, from_dict, load_yaml
 from gcmae.evaluate.common import resolve_device
 from gcmae.evaluate.features import RANDOM, file_digest, load_encoder
+from gcmae.stain import StainNormalizer, make_normalizer
 from gcmae.evaluate.protocols import SUMMARY_METRICS, EvalSet, ProtocolSettings, evaluate_encoder, result_rows
 from gcmae.io.atomic import write_csv_atomic, write_text_atomic
 from gcmae.io.paths import safe_name
@@ -55,6 +56,8 @@ class EvalConfig:
     num_workers: int = 0
     device: str = "auto"
     cache_dir: str = "runs/feature-cache"
+    stain_norm: str = "none"  # none, macenko or reinhard: applied to every image before the frozen encoder
+    stain_target: str = ""  # reference image; "" = the shipped default target
 
     def protocol_settings(self, seed: int) -> ProtocolSettings:
         shared = {f.name: getattr(self, f.name) for f in fields(ProtocolSettings) if f.name != "seed"}
@@ -68,6 +71,8 @@ class EvalConfig:
             raise ConfigError(f"evaluation set names must be unique, got {names}")
         if self.pool not in ("cls", "mean"):
             raise ConfigError(f"pool must be cls or mean, got {self.pool!r}")
+        if self.stain_norm not in ("none", "macenko", "reinhard"):
+            raise ConfigError(f"stain_norm must be none, macenko or reinhard, got {self.stain_norm!r}")
         for s in self.eval_sets:
             for folder in (s.train, s.val):
                 if folder and not Path(folder).is_dir():
@@ -88,15 +93,20 @@ def load_transfer_config(path: str | Path) -> TransferConfig:
         raise ConfigError(f"{path}: {err}") from None
 
 
-def _identity(spec: ModelSpec, cfg: EvalConfig) -> dict[str, Any]:
+def _identity(spec: ModelSpec, cfg: EvalConfig, stain: StainNormalizer | None = None) -> dict[str, Any]:
     weights = {"random": True} if spec.checkpoint == RANDOM else {"sha256": file_digest(spec.checkpoint)}
-    return {"model": asdict(spec), "weights": weights, "eval": asdict(cfg)}
+    evaluation = asdict(cfg)
+    if stain is None:  # without stain normalisation the identity is what it was before the option existed
+        evaluation.pop("stain_norm"), evaluation.pop("stain_target")
+        return {"model": asdict(spec), "weights": weights, "eval": evaluation}
+    return {"model": asdict(spec), "weights": weights, "eval": evaluation, "stain": stain.id}
 
 
 def evaluate_model(spec: ModelSpec, cfg: EvalConfig, out_dir: Path) -> list[dict[str, Any]]:
     """Rows of one model, from `out_dir/models/<tag>/metrics.json` when it holds this exact evaluation."""
     path = out_dir / "models" / spec.tag / "metrics.json"
-    identity = _identity(spec, cfg)
+    stain = make_normalizer(cfg.stain_norm, cfg.stain_target or None)
+    identity = _identity(spec, cfg, stain)
     if path.is_file():
         saved = json.loads(path.read_text())
         if saved.get("identity") == json.loads(json.dumps(identity)):
@@ -104,6 +114,7 @@ def evaluate_model(spec: ModelSpec, cfg: EvalConfig, out_dir: Path) -> list[dict
             return saved["rows"]
     encoder = load_encoder(spec.checkpoint, spec.encoder, spec.img_size, spec.patch_size, spec.seed,
                            sha256=identity["weights"].get("sha256"))
+    encoder.stain = stain
     results = evaluate_encoder(encoder, cfg.eval_sets, cfg.protocol_settings(spec.seed), cfg.cache_dir or None,
                                cfg.batch_size, cfg.num_workers, resolve_device(cfg.device))
     rows = result_rows(results, pretrain_set=spec.pretrain_set, method=spec.method, seed=spec.seed)
