@@ -110,7 +110,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--tiles", type=int, default=16, help="tiles per slide / PCam (CRC: all 32)")
     p.add_argument("--figure", default=None, help="PNG of the same tiles before/after")
+    p.add_argument("--quick", action="store_true", help="4 tiles per slide / PCam (run_all.py --quick)")
+    p.add_argument("--device", default="cpu", help="ignored: the statistics are computed on the CPU (run_all.py)")
     args = p.parse_args(argv)
+    if args.quick:
+        args.tiles = 4
     torch.set_num_threads(1)
     from gcmae.stain import DEFAULT_TARGET, StainNormalizer
     from gcmae.stain.stats import lab_moments, od_stain_vectors

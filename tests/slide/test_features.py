@@ -195,3 +195,21 @@ def test_cli_extract_random_init_baseline(slide_job, tmp_path, capsys):
     assert a["checkpoint"] == "random" and a["weights_id"].startswith("random-") and a["seed"] == 0
     assert main(args) == 0 and "1 already done" in capsys.readouterr().out
     assert os.environ.get("RANK") is None
+
+
+def test_a_recorded_stain_normaliser_is_rebuilt_with_the_encoder(tiny_ckpt):
+    """What mil train copies into config.json (the feature file's JSON attribute) is what diagnose applies."""
+    import json
+
+    from gcmae.evaluate.features import load_encoder
+    from gcmae.slide.features import encoder_record, load_recorded_encoder
+    from gcmae.stain import StainNormalizer
+
+    encoder = load_encoder(tiny_ckpt)
+    encoder.stain = StainNormalizer.fit(None, "reinhard")
+    record = encoder_record(encoder, tiny_ckpt, "cls")
+    assert record["tag"].endswith(record["stain_id"]) and record["stain_id"].startswith("reinhard-")
+    stored = {**record, "stain": json.dumps(record["stain"])}  # as read back from HDF5 attributes
+    rebuilt = load_recorded_encoder(stored)
+    assert rebuilt.stain is not None and rebuilt.stain.to_dict() == encoder.stain.to_dict()
+    assert load_recorded_encoder({**record, "stain": None, "stain_id": None}).stain is None
