@@ -1,6 +1,7 @@
 """Round trip: our checkpoint -> gcmae export -> timm.create_model('local-dir:...') gives the same features."""
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import timm
@@ -87,3 +88,30 @@ def test_model_card_from_the_run_config_and_metrics(trained_checkpoint, tmp_path
                 "| batch size (per device) | 8 |", "| gcmae | PCam valid | cls | 200 | 0.765 | 0.685 |"):
         assert row in card, row
     assert "mean = [0.679, 0.5053, 0.669]" in card and 'timm.create_model("local-dir:' in card
+
+
+def test_fp16_export_is_half_the_size_and_loads_by_name(trained_checkpoint, tmp_path, monkeypatch):
+    """A shipped encoder is an fp16 export under gcmae/weights/NAME: loadable by name wherever a checkpoint is."""
+    import gcmae.pretrained
+    from gcmae.evaluate.features import load_encoder
+
+    full = export_encoder(trained_checkpoint, tmp_path / "full")
+    weights = tmp_path / "weights"
+    half = export_encoder(trained_checkpoint, weights / "tiny-test", fp16=True)
+    ratio = (half / "model.safetensors").stat().st_size / (full / "model.safetensors").stat().st_size
+    assert 0.45 < ratio < 0.55
+    monkeypatch.setattr(gcmae.pretrained, "WEIGHTS_DIR", weights)
+    monkeypatch.chdir(tmp_path)
+    assert gcmae.pretrained.available() == ["tiny-test"]
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        ref = from_pretrained(full).forward_features(x)
+        by_name = from_pretrained("tiny-test")
+        assert next(by_name.parameters()).dtype == torch.float32
+        torch.testing.assert_close(by_name.forward_features(x), ref, atol=2e-2, rtol=2e-2)
+        via_loader = load_encoder("tiny-test").model.encoder.eval().forward_features(x)
+        torch.testing.assert_close(via_loader, by_name.forward_features(x))
+    (tmp_path / "tiny-test").mkdir()  # a folder of that name in the working directory wins over the shipped one
+    assert gcmae.pretrained.resolve("tiny-test") == Path("tiny-test")
+    with pytest.raises(FileNotFoundError, match="nor the name of a shipped one"):
+        from_pretrained("no-such-encoder")

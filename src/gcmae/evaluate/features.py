@@ -28,6 +28,8 @@ from gcmae.io.atomic import atomic_path, write_text_atomic
 from gcmae.io.convert import build_gcmae_from_weights, load_weights
 from gcmae.models.gcmae import GCMAE
 from gcmae.models.vit import ENCODER_PRESETS
+from gcmae.pretrained import available as available_pretrained
+from gcmae.pretrained import resolve as resolve_pretrained
 from gcmae.stain import EncoderInputStain, StainNormalizer
 
 log = logging.getLogger(__name__)
@@ -126,9 +128,10 @@ def load_encoder(
         raise ValueError(f"unknown encoder {encoder!r}; choose one of {', '.join(ENCODER_PRESETS)}")
     if str(checkpoint) == RANDOM:
         return _random_encoder(encoder, img_size, patch_size, seed)
-    path = Path(checkpoint)
+    path = resolve_pretrained(checkpoint)  # a shipped encoder's name, e.g. "gcmae-vit-tiny-pcam", or a path
     if not path.exists():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        shipped = ", ".join(available_pretrained()) or "none"
+        raise FileNotFoundError(f"checkpoint not found: {path} (nor the name of a shipped encoder: {shipped})")
     weights = load_weights(path)
     found = f"{weights.encoder} ({weights.embed_dim} wide, {weights.depth} blocks, patch {weights.patch_size})"
     if encoder is not None and encoder != weights.encoder:

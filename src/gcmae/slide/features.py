@@ -35,6 +35,7 @@ from gcmae.io.atomic import atomic_path, write_text_atomic
 from gcmae.io.paths import claim, lock_owner, safe_name, sweep_dead_claimers
 from gcmae.io.shared_csv import rewrite_shared_csv
 from gcmae.models.vit import ENCODER_PRESETS
+from gcmae.pretrained import resolve as resolve_pretrained
 from gcmae.slide.bags import FORMAT, FORMAT_VERSION, array_digest, feature_filename, is_complete_features, write_attrs
 from gcmae.slide.coords import COORDS_FILENAME, CoordsFileError, SlideTiles, TileGrid, read_coords_h5
 from gcmae.slide.reader import SlideReader, SlideReadError, open_slide
@@ -94,7 +95,7 @@ def load_recorded_encoder(record: dict[str, Any]) -> Encoder:
     if record.get("checkpoint") == RANDOM:
         encoder = load_encoder(RANDOM, record["encoder"], record["img_size"], record["patch_size"], record["seed"])
     else:
-        path = Path(record["checkpoint"])
+        path = resolve_pretrained(record["checkpoint"])  # a path, or a shipped encoder's name
         if not path.exists():
             raise FileNotFoundError(f"encoder checkpoint {path} (recorded by the model) not found")
         encoder = load_encoder(path, img_size=record["img_size"])
