@@ -13,9 +13,9 @@ from gcmae.config import load_pretrain_config
 from gcmae.evaluate.features import load_encoder
 from gcmae.evaluate.knn_report import KNNResult, knn_on_folders
 from gcmae.io.atomic import write_text_atomic
+from gcmae.models.gcmae import GCMAE
 from gcmae.pretrained import available as available_pretrained
 from gcmae.slide.batch import tile_slides
-from gcmae.train.module import build_model
 from gcmae.train.pretrain import run_pretrain
 from gcmae.viz.curves import read_metrics
 
@@ -45,7 +45,7 @@ def run_demo(config: str | Path, out_dir: str | Path, data_root: str | Path = "d
     t0 = time.time()
     model = run.module.model.cpu().eval()
     torch.manual_seed(cfg.trainer.seed)
-    random_init = build_model(cfg, run.num_images).eval()
+    random_init = GCMAE.from_config(cfg, run.num_images).eval()
     pcam, crc = data_root / "pcam", data_root / "crc-val-he-7k"
     m, d = cfg.model, cfg.data
     encoders = [("gcmae", model, m.img_size, d.mean, d.std)]

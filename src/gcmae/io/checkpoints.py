@@ -10,7 +10,6 @@ import torch
 
 from gcmae.config import PretrainConfig, from_dict
 from gcmae.models.gcmae import GCMAE
-from gcmae.train.module import build_model
 
 
 class CheckpointError(ValueError):
@@ -38,7 +37,7 @@ def load_pretrain_checkpoint(path: str | Path) -> tuple[GCMAE, PretrainConfig]:
     if "config" not in hparams or "num_data" not in hparams or "state_dict" not in ckpt:
         raise CheckpointError(f"{path} is not a gcmae pretraining checkpoint (no config / state_dict)")
     cfg = from_dict(PretrainConfig, hparams["config"])
-    model = build_model(cfg, hparams["num_data"])
+    model = GCMAE.from_config(cfg, hparams["num_data"])
     state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items()}
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:

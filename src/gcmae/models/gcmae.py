@@ -1,7 +1,7 @@
 """GCMAE: a masked autoencoder whose masked-view embedding is also contrasted against an NPID memory bank."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import partial
 
 import torch
@@ -9,9 +9,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.models.vision_transformer import Block
 
-from gcmae.models.memory_bank import MemoryBank
+from gcmae.config import PretrainConfig
 from gcmae.losses.nce import info_nce_loss, nce_loss
 from gcmae.losses.reconstruction import masked_reconstruction_loss, patchify, unpatchify
+from gcmae.models.memory_bank import MemoryBank
 from gcmae.models.masking import random_masking
 from gcmae.models.pos_embed import sincos_2d
 from gcmae.models.vit import create_encoder
@@ -97,6 +98,13 @@ class GCMAE(nn.Module):
         self.reconstruction_weight = reconstruction_weight
         self.contrast_weight = contrast_weight
         self._init_weights()
+
+    @classmethod
+    def from_config(cls, cfg: PretrainConfig, num_data: int) -> GCMAE:
+        """The model a pretraining config describes (`model.*` and the `loss.*` the model applies itself)."""
+        loss = asdict(cfg.loss)
+        loss.pop("contrast_warmup_epochs")  # a schedule, applied by the training loop
+        return cls(num_data=num_data, **asdict(cfg.model), **loss)
 
     def _init_weights(self) -> None:
         w = self.encoder.patch_embed.proj.weight.data

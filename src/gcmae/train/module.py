@@ -1,7 +1,6 @@
 """The LightningModule for GCMAE pretraining."""
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import Any
 
 import lightning as L
@@ -18,12 +17,6 @@ class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or infinite; the run stops before anything is checkpointed from that state."""
 
 
-def build_model(cfg: PretrainConfig, num_data: int) -> GCMAE:
-    loss = asdict(cfg.loss)
-    loss.pop("contrast_warmup_epochs")  # a schedule, applied by the training loop
-    return GCMAE(num_data=num_data, **asdict(cfg.model), **loss)
-
-
 class PretrainModule(L.LightningModule):
     """Wraps GCMAE: one optimiser step per batch (or per accumulation window), per-iteration lr schedule."""
 
@@ -31,7 +24,7 @@ class PretrainModule(L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.cfg: PretrainConfig = from_dict(PretrainConfig, config)
-        self.model = build_model(self.cfg, num_data)
+        self.model = GCMAE.from_config(self.cfg, num_data)
         d = self.cfg.data
         # in-memory data arrive as uint8 batches: crop, flips and stain jitter run here, on the training device
         self.augment = (BatchAugment(self.cfg.model.img_size, d.crop_scale, d.hflip, d.rotate90, d.stain_jitter,
