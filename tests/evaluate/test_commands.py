@@ -133,7 +133,13 @@ def make_bad_folders(tmp_path, pcam_pair):
     flat.mkdir()
     for f in sorted((train / "0_negative").glob("*.jpg"))[:2]:
         shutil.copy(f, flat / f.name)
-    return {"missing": tmp_path / "nope", "empty": empty, "one_class": one_class, "three": three, "flat": flat}
+    empty_class = shutil.copytree(train, tmp_path / "empty_class")
+    (empty_class / "2_other").mkdir()  # issue 11 item 6: was dropped silently
+    unreadable_class = shutil.copytree(train, tmp_path / "unreadable_class")
+    (unreadable_class / "2_other").mkdir()
+    (unreadable_class / "2_other" / "x.jpg").write_bytes(b"")
+    return {"missing": tmp_path / "nope", "empty": empty, "one_class": one_class, "three": three, "flat": flat,
+            "empty_class": empty_class, "unreadable_class": unreadable_class}
 
 
 @pytest.mark.parametrize("case, message", [
@@ -142,6 +148,8 @@ def make_bad_folders(tmp_path, pcam_pair):
     ("one_class", "class sets differ"),
     ("three", "has 2 classes"),
     ("flat", "needs one sub-folder per class"),
+    ("empty_class", "class folder(s) without a usable image: 2_other/ (no images)"),
+    ("unreadable_class", "class folder(s) without a usable image: 2_other/ (only unreadable files)"),
 ])
 @pytest.mark.parametrize("command", ["knn", "linprobe"])
 def test_bad_val_folders(command, case, message, pcam_pair, tmp_path, capsys):
@@ -208,3 +216,18 @@ def test_knn_stain_norm_embeds_normalised_images_under_its_own_cache_key(pcam_pa
     assert plain != normed and not np.allclose(np.load(plain)["features"], np.load(normed)["features"])
     assert main(["linprobe", "--checkpoint", str(ckpt), "--train", str(pcam_pair[0]), "--val", str(pcam_pair[1]),
                  "--out", str(tmp_path / "lp"), "--protocol", "paper", "--stain-norm", "macenko"]) == 2
+
+
+def test_unreadable_val_image_is_named_in_metrics_and_report(pcam_pair, tmp_path):
+    """Issue 11 item 5 at the command level: the truncated image is listed, and val counts one image fewer."""
+    val = shutil.copytree(pcam_pair[1], tmp_path / "val")
+    bad = sorted((val / "0_negative").glob("*.jpg"))[0]
+    bad.write_bytes(bad.read_bytes()[:600])
+    out = tmp_path / "knn"
+    assert main(["knn", *RANDOM, "--train", str(pcam_pair[0]), "--val", str(val), "--out", str(out),
+                 "--cache-dir", ""]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["num_val"] == 15 and metrics["results"]["nn1"]["num_samples"] == 15
+    assert [e["file"] for e in metrics["excluded_images"]["val"]] == [f"0_negative/{bad.name}"]
+    assert metrics["excluded_images"]["train"] == []
+    assert f"0_negative/{bad.name}" in (out / "report.md").read_text()

@@ -107,3 +107,22 @@ def test_encoder_errors(tmp_path, timm_checkpoint):
         load_encoder(ckpt, encoder="vit_small")
     with pytest.raises(ValueError, match="--patch-size 16"):
         load_encoder(ckpt, patch_size=16)
+
+
+def test_unreadable_evaluation_image_is_excluded_and_listed_never_replaced(tmp_path, pcam_pair, timm_encoder):
+    """Issue 11 item 5: a truncated JPEG (passes the header check) used to be replaced by its neighbour, which was
+    then scored twice; now it is left out of the features and named, also when the features come from the cache."""
+    val = shutil.copytree(pcam_pair[1], tmp_path / "val")
+    bad = sorted((val / "1_metastatic").glob("*.jpg"))[2]
+    data = bad.read_bytes()
+    bad.write_bytes(data[: len(data) // 3])
+    clean = folder_features(timm_encoder, pcam_pair[1], "cls")
+    name = str(bad.relative_to(val))
+    for from_cache in (False, True):
+        fs = folder_features(timm_encoder, val, "cls", tmp_path / "cache", batch_size=5)
+        assert fs.from_cache is from_cache
+        assert len(fs.files) == 15 and name not in fs.files and len(fs.features) == len(fs.labels) == 15
+        assert [f for f, _ in fs.excluded] == [name] and "truncated" in fs.excluded[0][1]
+        keep = [i for i, f in enumerate(clean.files) if f != name]
+        assert torch.allclose(fs.features, clean.features[keep], atol=1e-5)  # no duplicate of a neighbour
+        assert torch.equal(fs.labels, clean.labels[keep])

@@ -246,6 +246,13 @@ def test_clear_errors_for_bad_labels_bags_and_models(tmp_path):
     with pytest.raises(ValueError, match=r">= 2 slides per class; too few: tumour \(1\)"):
         train_mil(MILTrainOptions(features=str(bags), labels=str(labels), out=str(tmp_path / "m"), device="cpu"),
                   progress=False)
+    # issue 11 item 6: single-class labels used to train and report AUC NaN with exit 0
+    labels.write_text("slide_id,label\ns00,normal\ns01,normal\ns02,normal\ns03,normal\n")
+    for val_fraction in (0.0, 0.25):
+        with pytest.raises(ValueError, match="all 4 slide.*label 'normal'.*at least two classes"):
+            train_mil(MILTrainOptions(features=str(bags), labels=str(labels), out=str(tmp_path / "m1"),
+                                      val_fraction=val_fraction, device="cpu"), progress=False)
+    assert not (tmp_path / "m1").exists()
     mil_dir = tmp_path / "m2"
     train_mil(MILTrainOptions(features=str(bags), labels=str(bags / "labels.csv"), out=str(mil_dir), epochs=1,
                               val_fraction=0, device="cpu"), progress=False)

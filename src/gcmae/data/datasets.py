@@ -34,9 +34,17 @@ class ImageFolderDataset(Dataset):
     `self.warnings`. A file that becomes unreadable later (deleted, truncated mid-run) is replaced in
     `__getitem__` by the next readable index, deterministically; each replacement is logged and recorded in
     `self.replaced` (per process: DataLoader workers keep their own list).
+
+    With `unreadable="exclude"` (evaluation: scoring a neighbour twice would change what is evaluated) such a file
+    is never replaced: `__getitem__` returns a blank placeholder with the index `-1 - index`, which
+    `gcmae.evaluate.embed.extract_features` drops and reports.
     """
 
-    def __init__(self, root: str | Path, transform: Callable | None = None, validate: str = "header") -> None:
+    def __init__(self, root: str | Path, transform: Callable | None = None, validate: str = "header",
+                 unreadable: str = "replace") -> None:
+        if unreadable not in ("replace", "exclude"):
+            raise ValueError(f"unreadable must be 'replace' or 'exclude', got {unreadable!r}")
+        self.unreadable = unreadable
         self.root = Path(root)
         if not self.root.is_dir():
             raise FileNotFoundError(f"image folder not found: {self.root}")
@@ -115,7 +123,14 @@ class ImageFolderDataset(Dataset):
         index), transformed under the same sample seed.
         """
         index, sample_seed = key if isinstance(key, tuple) else (key, None)
-        img, index = self._load_or_replace(index)
+        if self.unreadable == "exclude":
+            try:
+                img = self.load(index)
+            except OSError as err:
+                log.warning("%s; excluded (not replaced)", err)
+                img, index = Image.new("RGB", (1, 1)), -1 - index
+        else:
+            img, index = self._load_or_replace(index)
         if self.transform is not None:
             if sample_seed is None:
                 img = self.transform(img)
@@ -123,4 +138,4 @@ class ImageFolderDataset(Dataset):
                 with torch.random.fork_rng(devices=[]):
                     torch.manual_seed(sample_seed)
                     img = self.transform(img)
-        return img, self.labels[index], index
+        return img, self.labels[index if index >= 0 else -1 - index], index

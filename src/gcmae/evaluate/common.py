@@ -68,7 +68,20 @@ def weights_summary(encoder: Encoder, train: FeatureSet, val: FeatureSet) -> dic
     return {"weights": encoder.description, "mean": list(encoder.mean), "std": list(encoder.std),
             "feature_dim": int(train.features.shape[1]), "num_train": len(train.files), "num_val": len(val.files),
             "classes": train.classes,
+            "excluded_images": {"train": [{"file": f, "reason": r} for f, r in train.excluded],
+                                "val": [{"file": f, "reason": r} for f, r in val.excluded]},
             "feature_cache": {"train": str(train.cache_path) if train.cache_path else None,
                               "val": str(val.cache_path) if val.cache_path else None},
             "stain": None if encoder.stain is None else {
                 **encoder.stain.to_dict(), "passed_through": {"train": train.stain_failed, "val": val.stain_failed}}}
+
+
+def excluded_notes(train: FeatureSet, val: FeatureSet) -> list[str]:
+    """Report lines naming the images that could not be read and were left out (never replaced)."""
+    notes = []
+    for name, fs in (("train", train), ("val", val)):
+        if fs.excluded:
+            listing = "; ".join(f"`{f}` ({r})" for f, r in fs.excluded)
+            notes.append(f"**{len(fs.excluded)} unreadable {name} image(s) excluded** (not replaced, not scored): "
+                         f"{listing}.")
+    return notes

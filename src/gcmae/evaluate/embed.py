@@ -1,6 +1,7 @@
 """Encoder features for an image folder."""
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import torch
@@ -8,23 +9,43 @@ from torch.utils.data import DataLoader, Dataset
 
 from gcmae.models.gcmae import GCMAE
 
+log = logging.getLogger(__name__)
+
 
 @torch.no_grad()
 def extract_features(
     model: GCMAE, dataset: Dataset, pool: str = "cls", batch_size: int = 256, num_workers: int = 0,
     device: torch.device | str | None = None, prepare: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    excluded: list[int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(features (N, D) float32 on CPU, labels (N,)) in dataset order, with the model in eval mode.
 
-    `prepare` is applied to each batch on `device` before the model (e.g. stain normalisation)."""
+    `prepare` is applied to each batch on `device` before the model (e.g. stain normalisation). Items the dataset
+    marks as unreadable (a negative index `-1 - i`, `ImageFolderDataset(unreadable="exclude")`) are dropped, never
+    replaced; their dataset indices are appended to `excluded` when given."""
     device = torch.device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
     model.eval()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    feats, labels = [], []
-    for imgs, y, _ in loader:
+    feats, labels, dropped = [], [], []
+    for imgs, y, idx in loader:
+        keep = torch.as_tensor(idx) >= 0
+        if not keep.all():
+            dropped += (-1 - torch.as_tensor(idx)[~keep]).tolist()
+            imgs, y = imgs[keep], torch.as_tensor(y)[keep]
+        if len(imgs) == 0:
+            continue
         imgs = imgs.to(device)
         feats.append(model.embed(prepare(imgs) if prepare else imgs, pool).float().cpu())
         labels.append(torch.as_tensor(y))
     model.train(was_training)
+    if dropped:
+        files = getattr(dataset, "files", None)
+        names = [str(files[i]) if files is not None else f"index {i}" for i in dropped]
+        log.warning("%d unreadable image(s) excluded from the features (not replaced): %s", len(dropped),
+                    ", ".join(names))
+    if excluded is not None:
+        excluded += dropped
+    if not feats:
+        raise OSError(f"none of the {len(dataset)} images could be read")
     return torch.cat(feats), torch.cat(labels)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ from gcmae.stain import EncoderInputStain, StainNormalizer
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1  # bump when the cached content or its meaning changes
+CACHE_VERSION = 2  # bump when the cached content or its meaning changes
 POOLS = ("cls", "mean")
 RANDOM = "random"
 _EVAL_BANK_SIZE = 2  # GCMAE needs a memory bank; evaluation never uses it
@@ -82,6 +82,7 @@ class FeatureSet:
     cache_path: Path | None = None
     from_cache: bool = False
     stain_failed: int | None = None  # images passed through without stain normalisation (None: no normaliser)
+    excluded: list[tuple[str, str]] = field(default_factory=list)  # (file, reason): rejected or unreadable, not in `files`
 
 
 def file_digest(path: str | Path) -> str:
@@ -150,13 +151,29 @@ def load_encoder(
     return Encoder(model, mean, std, size, identity, desc, has_decoder=weights.decoder_state is not None)
 
 
+class EmptyClassError(ValueError):
+    """A class sub-folder of a labelled evaluation folder holds no usable image."""
+
+
 def open_folder(folder: str | Path, img_size: int | None = None, mean: Stats = PATHOLOGY_MEAN,
                 std: Stats = PATHOLOGY_STD, labelled: bool = True) -> ImageFolderDataset:
     """The validated image folder, with the evaluation transform when `img_size` is given; with `labelled`,
-    class sub-folders are required."""
-    dataset = ImageFolderDataset(folder, eval_transform(img_size, mean, std) if img_size else None)
+    class sub-folders are required, and one without a usable image is an error (dropping it would score the
+    other classes as if it did not exist). Files unreadable at embedding time are excluded, never replaced."""
+    dataset = ImageFolderDataset(folder, eval_transform(img_size, mean, std) if img_size else None,
+                                 unreadable="exclude")
     if labelled and not dataset.classes:
         raise ValueError(f"{folder}: needs one sub-folder per class (images directly in the folder have no label)")
+    if labelled:
+        subdirs = sorted(d.name for d in dataset.root.iterdir() if d.is_dir() and not d.name.startswith("."))
+        empty = [d for d in subdirs if d not in dataset.classes]
+        if empty:
+            rejected = {p.relative_to(dataset.root).parts[0] for p, _ in dataset.rejected}
+            detail = "; ".join(f"{d}/ ({'only unreadable files' if d in rejected else 'no images'})"
+                               for d in empty)
+            raise EmptyClassError(
+                f"{folder}: class folder(s) without a usable image: {detail}. Add images, or remove the folder to "
+                f"evaluate {len(dataset.classes)} classes ({', '.join(dataset.classes)})")
     return dataset
 
 
@@ -171,13 +188,23 @@ def feature_key(encoder: Encoder, dataset: ImageFolderDataset, pool: str) -> str
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
-def _read_cache(path: Path, files: list[str]) -> dict[str, np.ndarray] | None:
+def _cached_excluded(path: Path) -> list[tuple[str, str]]:
+    """The unreadable files the cache manifest recorded (excluded from its arrays)."""
+    try:
+        return [(str(f), str(r)) for f, r in json.loads(path.with_suffix(".json").read_text()).get("excluded", [])]
+    except (OSError, ValueError, AttributeError, TypeError):
+        return []
+
+
+def _read_cache(path: Path, files: list[str], excluded: list[tuple[str, str]]) -> dict[str, np.ndarray] | None:
     try:
         arrays = load_array_file(path, _CACHE_ARRAYS)
     except ArrayFileError as err:
         log.warning("ignoring unreadable feature cache (will recompute): %s", err)
         return None
-    if arrays["files"].tolist() != files or len(arrays["features"]) != len(files):
+    skip = {f for f, _ in excluded}
+    kept = [f for f in files if f not in skip]
+    if arrays["files"].tolist() != kept or len(arrays["features"]) != len(kept):
         log.warning("feature cache %s does not match the folder's files; recomputing", path)
         return None
     return arrays
@@ -214,26 +241,45 @@ def folder_features(
     else:
         dataset = open_folder(folder, encoder.img_size, encoder.mean, encoder.std, labelled)
     files = [str(f.relative_to(dataset.root)) for f in dataset.files]
+    # rejected by validation (never indexed) + unreadable when embedded: both left out, both listed
+    rejected = [(str(f.relative_to(dataset.root)), reason) for f, reason in dataset.rejected]
     cache_path = None
     if cache_dir:
         cache_path = Path(cache_dir) / f"{feature_key(encoder, dataset, pool)}.npz"
-        if cache_path.is_file() and (arrays := _read_cache(cache_path, files)) is not None:
+        excluded = _cached_excluded(cache_path) if cache_path.is_file() else []
+        if cache_path.is_file() and (arrays := _read_cache(cache_path, files, excluded)) is not None:
             log.info("features of %s from cache %s", dataset.root, cache_path)
+            if excluded:
+                log.warning("%s: %d unreadable image(s) excluded (as when the features were cached): %s",
+                            dataset.root, len(excluded), ", ".join(f for f, _ in excluded))
             return FeatureSet(torch.from_numpy(arrays["features"]), torch.from_numpy(arrays["labels"]).long(),
-                              arrays["classes"].tolist(), files, dataset.root, cache_path, True,
-                              _cached_stain_failed(cache_path) if encoder.stain else None)
+                              arrays["classes"].tolist(), arrays["files"].tolist(), dataset.root, cache_path, True,
+                              _cached_stain_failed(cache_path) if encoder.stain else None, rejected + excluded)
     log.info("embedding %d images of %s (%s, pool %s)", len(dataset), dataset.root, encoder.description, pool)
     model = encoder.model.to(device)
     stain = encoder.stain_step()
-    feats, labels = extract_features(model, dataset, pool, batch_size, num_workers, device, stain)
-    fs = FeatureSet(feats.float().contiguous(), labels.long(), list(dataset.classes), files, dataset.root,
-                    cache_path, False, stain.failed if stain else None)
+    dropped: list[int] = []
+    feats, labels = extract_features(model, dataset, pool, batch_size, num_workers, device, stain, dropped)
+    excluded = [(files[i], _read_error(dataset, i)) for i in sorted(dropped)]
+    skip = set(dropped)
+    fs = FeatureSet(feats.float().contiguous(), labels.long(), list(dataset.classes),
+                    [f for i, f in enumerate(files) if i not in skip], dataset.root, cache_path, False,
+                    stain.failed if stain else None, rejected + excluded)
     if stain and stain.failed:
         log.warning("%s: %d of %d images passed through without stain normalisation (no stain estimate)",
                     dataset.root, stain.failed, stain.tiles)
     if cache_path is not None:
         manifest = {"folder": str(dataset.root), "weights": encoder.description, "pool": pool,
-                    "transform": encoder.transform_params, "num_images": len(files), "dim": feats.shape[1],
-                    "stain_failed": fs.stain_failed}
+                    "transform": encoder.transform_params, "num_images": len(fs.files), "dim": feats.shape[1],
+                    "stain_failed": fs.stain_failed, "excluded": [list(e) for e in excluded]}
         _write_cache(cache_path, fs, manifest)
     return fs
+
+
+def _read_error(dataset: ImageFolderDataset, index: int) -> str:
+    """Why the image at `index` could not be read (re-tried here: DataLoader workers keep their own logs)."""
+    try:
+        dataset.load(index)
+    except OSError as err:
+        return str(err.__cause__ or err)
+    return "unreadable while embedding (readable again now)"

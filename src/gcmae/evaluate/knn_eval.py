@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gcmae.evaluate.common import train_val_features, weights_summary
+from gcmae.evaluate.common import excluded_notes, train_val_features, weights_summary
 from gcmae.evaluate.features import FeatureSet
 from gcmae.evaluate.knn import knn_probabilities
 from gcmae.evaluate.metrics import classification_metrics
@@ -35,7 +35,7 @@ def run_knn(opts: KNNOptions) -> dict[str, Any]:
     extra = weights_summary(encoder, train, val)
     notes = [f"Weighted kNN on cosine similarity, votes exp(cos / {opts.temperature}); reference = `{opts.train}` "
              f"({len(train.files)} images), query = `{opts.val}` ({len(val.files)} images). Weights: "
-             f"{encoder.description}; {opts.pool} features."]
+             f"{encoder.description}; {opts.pool} features.", *excluded_notes(train, val)]
     save_evaluation(opts.out, "knn", "kNN evaluation", settings(opts), results, extra, notes=notes)
     print(console_table(results))
     print(f"outputs in {opts.out} (metrics.json, report.md, confusion_*.csv/png)")

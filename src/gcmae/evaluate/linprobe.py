@@ -16,7 +16,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from gcmae.evaluate.common import resolve_device, train_val_features, weights_summary
+from gcmae.evaluate.common import excluded_notes, resolve_device, train_val_features, weights_summary
 from gcmae.evaluate.metrics import classification_metrics
 from gcmae.evaluate.options import LinprobeOptions, settings
 from gcmae.evaluate.report import console_table, save_evaluation
@@ -52,7 +52,8 @@ def run_fast(opts: LinprobeOptions) -> tuple[dict[str, dict[str, Any]], dict[str
                "converged": converged}
     notes = [f"Fast protocol: standardised {opts.pool} features of the frozen encoder ({encoder.description}), "
              f"multinomial logistic regression (C = {opts.logreg_c}, L-BFGS, {opts.max_iter} iterations max"
-             f"{'' if converged else ', did NOT converge'}); train accuracy {train_acc:.4f}."]
+             f"{'' if converged else ', did NOT converge'}); train accuracy {train_acc:.4f}.",
+             *excluded_notes(train, val)]
     return {"logreg": metrics}, weights_summary(encoder, train, val), notes
 
 

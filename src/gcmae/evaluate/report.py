@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,23 @@ from gcmae.io.atomic import write_text_atomic
 from gcmae.viz.confusion import plot_confusion_matrix
 
 COLUMNS = tuple(HEADLINE_METRICS.items())
+
+
+def json_safe(value: Any) -> Any:
+    """`value` with every NaN / infinite float replaced by None, so that `json.dumps(..., allow_nan=False)` writes
+    valid JSON (`null`, never the `NaN` token other readers reject)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def dumps_json(payload: Any) -> str:
+    """Valid JSON text (NaN/Inf as null), indented, with a final newline."""
+    return json.dumps(json_safe(payload), indent=2, allow_nan=False) + "\n"
 
 
 def _fmt(value: Any) -> str:
@@ -71,6 +89,6 @@ def save_evaluation(out_dir: str | Path, command: str, title: str, settings: dic
                               f"{title}: {name} (accuracy {m['accuracy']:.3f})")
         all_figures.append((f"confusion matrix, {name}", f"confusion_{name}.png"))
     payload = {"command": command, "settings": settings, "results": results, **(extra or {})}
-    write_text_atomic(out_dir / "metrics.json", json.dumps(payload, indent=2) + "\n")
+    write_text_atomic(out_dir / "metrics.json", dumps_json(payload))
     write_report(out_dir, title, settings, results, [*all_figures, *figures], list(notes))
     return out_dir

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from gcmae.evaluate.common import resolve_device
 from gcmae.evaluate.metrics import classification_metrics
-from gcmae.evaluate.report import metrics_table
+from gcmae.evaluate.report import dumps_json, metrics_table
 from gcmae.io.atomic import write_csv_atomic, write_text_atomic
 from gcmae.seeding import derive_seed
 from gcmae.slide.bag_store import BagFeatures, BagInfo
@@ -87,6 +87,11 @@ def _load_labelled_bags(opts: MILTrainOptions, device: torch.device,
     ids = sorted(set(paths) & set(labels))
     if not ids:
         raise ValueError(f"no labelled bags: no slide id of {opts.labels} has a bag in {opts.features}")
+    used = sorted({labels[sid] for sid in ids})
+    if len(used) < 2:
+        raise ValueError(f"{opts.labels}: all {len(ids)} slide(s) with a bag have the label {used[0]!r}; a slide "
+                         f"classifier needs slides of at least two classes (AUC and balanced accuracy are undefined "
+                         f"otherwise)")
     bags = BagFeatures(int(opts.max_preload_gb * 1e9), device)
     for sid in tqdm(ids, desc="loading bags", unit="bag", leave=False, disable=not progress):
         bag = load_bag(paths[sid], slide_id=sid)
@@ -267,7 +272,7 @@ def _finish(opts: MILTrainOptions, out: Path, settings: dict[str, Any], arch: AB
         "metrics": results, "num_bags": len(xs), "tile_classifier": CLASSIFIER_DIR if has_clf else None,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    text = json.dumps(config, indent=2) + "\n"
+    text = dumps_json(config)  # NaN/Inf as null: valid JSON
     write_text_atomic(out / CONFIG_FILE, text)
     lines = [f"# ABMIL slide classifier ({', '.join(classes)})", "",
              f"- features: {record.get('encoder_description', 'no encoder recorded')} (pool {record.get('pool')})",
