@@ -231,3 +231,48 @@ def test_unreadable_val_image_is_named_in_metrics_and_report(pcam_pair, tmp_path
     assert [e["file"] for e in metrics["excluded_images"]["val"]] == [f"0_negative/{bad.name}"]
     assert metrics["excluded_images"]["train"] == []
     assert f"0_negative/{bad.name}" in (out / "report.md").read_text()
+
+
+def _loo_nn1_accuracy(features: np.ndarray, labels: np.ndarray) -> float:
+    norm = features / np.linalg.norm(features, axis=1, keepdims=True)
+    sim = norm @ norm.T
+    np.fill_diagonal(sim, -np.inf)
+    return float((labels[sim.argmax(1)] == labels).mean())
+
+
+@pytest.mark.parametrize("how", ["same_path", "copy", "flag"])
+def test_knn_on_the_same_images_is_leave_one_out(how, pcam_pair, tmp_path):
+    """Issue 11 item 7: `knn --train X --val X` matched every image to itself (1-NN 1.000) without a word."""
+    train = pcam_pair[0]
+    val = {"same_path": ["--val", str(train) + "/"], "flag": ["--leave-one-out"],
+           "copy": ["--val", str(shutil.copytree(train, tmp_path / "copy"))]}[how]
+    out = tmp_path / "knn"
+    assert main(["knn", *RANDOM, "--train", str(train), *val, "--out", str(out), "--cache-dir", str(tmp_path / "c"),
+                 "--k", "5", "30"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    results = metrics["results"]
+    assert metrics["leave_one_out"] and all(m["leave_one_out"] for m in results.values())
+    assert metrics["num_val"] == 24 and results["nn1"]["num_samples"] == 24
+    cached = np.load(metrics["feature_cache"]["train"])
+    assert results["nn1"]["accuracy"] == pytest.approx(_loo_nn1_accuracy(cached["features"], cached["labels"]))
+    assert results["nn1"]["accuracy"] < 1.0  # an image matched to itself gives 1.000
+    assert (results["knn_k30"]["k"], results["knn_k30"]["k_asked"]) == (23, 30)  # capped at 24 - 1, recorded
+    report = (out / "report.md").read_text()
+    assert "leave-one-out" in report and "k 23 (asked 30)" in report
+
+
+def test_leave_one_out_with_another_val_and_linprobe_on_its_training_set_are_refused(pcam_pair, tmp_path, capsys):
+    train, val = pcam_pair
+    assert main(["knn", *RANDOM, "--train", str(train), "--val", str(val), "--leave-one-out",
+                 "--out", str(tmp_path / "o")]) == 2
+    assert "--leave-one-out" in capsys.readouterr().err
+    assert main(["linprobe", *RANDOM, "--train", str(train), "--val", str(train), "--out", str(tmp_path / "o")]) == 2
+    assert "scored on its own training images" in capsys.readouterr().err
+
+
+def test_knn_takes_one_or_more_k(pcam_pair, tmp_path):
+    """Issue 11 item 11: `--k 20` failed with 'expected 2 arguments'."""
+    for ks, names in ((["7"], ["knn_k7", "nn1"]), (["3", "5", "7"], ["knn_k3", "knn_k5", "knn_k7", "nn1"])):
+        out = tmp_path / "-".join(ks)
+        assert main(["knn", *RANDOM, *folders(pcam_pair, tmp_path), "--out", str(out), "--k", *ks]) == 0
+        assert list(json.loads((out / "metrics.json").read_text())["results"]) == names

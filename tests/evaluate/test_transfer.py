@@ -1,5 +1,6 @@
 """`gcmae transfer`: one row per (pretrain set, method, eval set, protocol); re-runs reuse finished models."""
 import csv
+import json
 import shutil
 
 import pytest
@@ -104,3 +105,25 @@ def test_eval_config_carries_every_protocol_setting():
     assert EvalConfig().protocol_settings(3) == ProtocolSettings(seed=3)
     cfg = EvalConfig(pool="mean", knn_k=[5, 7], temperature=0.2, logreg_c=0.5, max_iter=10)
     assert cfg.protocol_settings(1) == ProtocolSettings("mean", (5, 7), 0.2, 0.5, 10, 1)
+
+
+def test_class_sizes_are_checked_against_the_folds_before_anything_is_embedded(tmp_path, crc_small, monkeypatch,
+                                                                               capsys):
+    """Issue 11 item 7: a class too small for the folds failed only after every model had embedded everything;
+    `--cv-folds` sets the folds; the k used when capped is recorded."""
+    small = shutil.copytree(crc_small, tmp_path / "crc")
+    for f in sorted((small / "LYM").iterdir())[2:]:
+        f.unlink()  # LYM keeps 2 tiles
+    loaded = []
+    monkeypatch.setattr(transfer, "load_encoder", lambda *a, **k: loaded.append(a) or features.load_encoder(*a, **k))
+    base = ["transfer", "--checkpoint", "random", "--encoder", "vit_tiny", "--img-size", "32", "--patch-size", "8",
+            "--eval", f"crc={small}", "--cache-dir", "", "--device", "cpu"]
+    assert main([*base, "--out", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err
+    assert "evaluation set crc" in err and "4-fold cross-validation needs >= 4 images per class; too few: LYM (2)" in err
+    assert "--cv-folds 2" in err and loaded == []
+    assert main([*base, "--out", str(tmp_path / "b"), "--cv-folds", "2"]) == 0 and len(loaded) == 1
+    saved = json.loads((tmp_path / "b" / "models" / "gcmae-unknown-seed0" / "metrics.json").read_text())
+    assert saved["identity"]["eval"]["eval_sets"][0]["cv_folds"] == 2
+    knn = saved["results"]["crc"]["knn_k200"]  # 10 tiles, 2 folds of 5: k capped at 5, and recorded
+    assert (knn["k"], knn["k_asked"]) == (5, 200) and saved["results"]["crc"]["nn1"]["k"] == 1

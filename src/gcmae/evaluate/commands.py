@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 from gcmae.evaluate.options import KNNOptions, LinprobeOptions, VisualizeOptions, add_option_arguments, resolve_options
 from gcmae.evaluate.options import FinetuneOptions
@@ -44,6 +45,9 @@ def _transfer(args: argparse.Namespace) -> int:
         cfg.models.append(ModelSpec(args.method, args.checkpoint, args.pretrain_set, args.seed, args.encoder,
                                     args.img_size, args.patch_size))
     cfg.eval.eval_sets += [EvalSet.parse(spec) for spec in args.eval or []]
+    if args.cv_folds is not None:  # every set without a VAL folder
+        cfg.eval.eval_sets = [s if s.val else dataclasses.replace(s, cv_folds=args.cv_folds)
+                              for s in cfg.eval.eval_sets]
     for name in ("out", "pool", "device", "cache_dir", "stain_norm", "stain_target"):
         if getattr(args, name) is not None:
             target = cfg if name == "out" else cfg.eval
@@ -70,6 +74,9 @@ def _add_transfer_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pretrain-set", default="unknown", help="name of the data it was pretrained on")
     p.add_argument("--eval", action="append", metavar="NAME=TRAIN[,VAL]",
                    help="an evaluation set (repeatable); without VAL: 4-fold stratified cross-validation")
+    p.add_argument("--cv-folds", type=int, metavar="N",
+                   help="folds of the stratified cross-validation of sets without VAL (default: 4); every class "
+                        "needs >= N images")
     p.add_argument("--out", help="output folder (default: runs/transfer)")
     p.add_argument("--encoder")
     p.add_argument("--img-size", type=int)

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 
 from gcmae.data.datasets import ImageFolderDataset
+from gcmae.data.validation import find_images
 from gcmae.evaluate.features import Encoder, FeatureSet, folder_features, load_encoder, open_folder
 from gcmae.evaluate.options import BaseOptions, KNNOptions, LinprobeOptions
 
@@ -54,13 +55,38 @@ def open_labelled_pair(train: str | Path, val: str | Path) -> tuple[ImageFolderD
     return train_ds, val_ds
 
 
-def train_val_features(opts: KNNOptions | LinprobeOptions) -> tuple[Encoder, FeatureSet, FeatureSet]:
-    """The encoder of the options and the (cached) features of the labelled train and val folders."""
-    train_ds, val_ds = open_labelled_pair(opts.train, opts.val)
+def same_images(a: str | Path, b: str | Path) -> bool:
+    """Whether two folders hold the same images: the same folder (resolved), or the same relative file names
+    with the same content (a copy)."""
+    if not a or not b:
+        return False
+    a, b = Path(a), Path(b)
+    if not (a.is_dir() and b.is_dir()):
+        return False
+    if a.resolve() == b.resolve():
+        return True
+    if sorted(d.name for d in a.iterdir() if d.is_dir()) != sorted(d.name for d in b.iterdir() if d.is_dir()):
+        return False  # other class folders (an extra, empty one is an error reported when the folder is opened)
+    files_a, files_b = find_images(a), find_images(b)
+    names_a = [(str(f.relative_to(a)), f.stat().st_size) for f in files_a]
+    if not names_a or names_a != [(str(f.relative_to(b)), f.stat().st_size) for f in files_b]:
+        return False
+    return all(fa.read_bytes() == fb.read_bytes() for fa, fb in zip(files_a, files_b))
+
+
+def train_val_features(opts: KNNOptions | LinprobeOptions, same: bool = False,
+                       train_ds: ImageFolderDataset | None = None) -> tuple[Encoder, FeatureSet, FeatureSet]:
+    """The encoder of the options and the (cached) features of the labelled train and val folders; with `same`
+    (leave-one-out) the train folder only (`train_ds` when already opened), returned as both."""
+    if same:
+        train_ds = val_ds = train_ds or open_folder(opts.train)
+    else:
+        train_ds, val_ds = open_labelled_pair(opts.train, opts.val)
     encoder = encoder_from_options(opts)
     kwargs: dict[str, Any] = dict(pool=opts.pool, cache_dir=opts.cache_dir or None, batch_size=opts.batch_size,
                                   num_workers=opts.num_workers, device=resolve_device(opts.device))
-    return encoder, folder_features(encoder, train_ds, **kwargs), folder_features(encoder, val_ds, **kwargs)
+    train = folder_features(encoder, train_ds, **kwargs)
+    return encoder, train, train if same else folder_features(encoder, val_ds, **kwargs)
 
 
 def weights_summary(encoder: Encoder, train: FeatureSet, val: FeatureSet) -> dict[str, Any]:

@@ -33,10 +33,11 @@ def knn_predict(
 
 def knn_probabilities(
     train_features: torch.Tensor, train_labels: torch.Tensor, query_features: torch.Tensor, num_classes: int,
-    k: int = 200, temperature: float = 0.07,
+    k: int = 200, temperature: float = 0.07, exclude_self: bool = False,
 ) -> torch.Tensor:
-    """Class probabilities (Q, C): each query's kNN votes divided by their sum (k capped at the training size)."""
-    votes = knn_predict(train_features, train_labels, query_features, num_classes, k, temperature)
+    """Class probabilities (Q, C): each query's kNN votes divided by their sum (k capped at the training size;
+    at the training size - 1 with `exclude_self`, leave-one-out)."""
+    votes = knn_predict(train_features, train_labels, query_features, num_classes, k, temperature, exclude_self)
     return votes / votes.sum(dim=1, keepdim=True)
 
 

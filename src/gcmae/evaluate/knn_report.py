@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gcmae.evaluate.common import check_same_classes
+from gcmae.evaluate.common import check_same_classes, same_images
 from gcmae.evaluate.embed import extract_features
 from gcmae.evaluate.features import open_folder
 from gcmae.evaluate.knn import knn_accuracy
@@ -26,6 +26,8 @@ def knn_on_folders(
     pool: str = "cls", k: int = 200, temperature: float = 0.07, batch_size: int = 128,
 ) -> KNNResult:
     """Weighted kNN + 1-NN accuracy. Without `query_dir`, leave-one-out on the reference folder."""
+    if query_dir is not None and same_images(reference_dir, query_dir):
+        query_dir = None  # the same images: leave-one-out, never an image matched to itself
     ref = open_folder(reference_dir, img_size, mean, std)
     ref_f, ref_y = extract_features(model, ref, pool, batch_size)
     if query_dir is None:

@@ -16,7 +16,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from gcmae.evaluate.common import excluded_notes, resolve_device, train_val_features, weights_summary
+from gcmae.evaluate.common import excluded_notes, resolve_device, same_images, train_val_features, weights_summary
 from gcmae.evaluate.metrics import classification_metrics
 from gcmae.evaluate.options import LinprobeOptions, settings
 from gcmae.evaluate.report import console_table, save_evaluation
@@ -59,6 +59,10 @@ def run_fast(opts: LinprobeOptions) -> tuple[dict[str, dict[str, Any]], dict[str
 
 def run_linprobe(opts: LinprobeOptions) -> dict[str, Any]:
     """Train the probe on opts.train, evaluate on opts.val, write outputs to opts.out."""
+    if same_images(opts.train, opts.val):
+        raise ValueError(f"--val {opts.val} holds the same images as --train {opts.train}: the probe would be scored "
+                         f"on its own training images. Give a held-out --val, or use `gcmae transfer --eval "
+                         f"NAME={opts.train}` (stratified cross-validation)")
     if opts.protocol == "paper":
         from gcmae.evaluate.linprobe_paper import run_paper
 

@@ -52,8 +52,9 @@ class StainOptions:
 
 @dataclass
 class KNNOptions(EvalOptions, CachedFeatureOptions, StainOptions):
-    k: tuple[int, int] = (20, 200)
+    k: tuple[int, ...] = (20, 200)  # one or more k (1-NN is always added)
     temperature: float = 0.07
+    leave_one_out: bool = False  # query = reference (--train), each image's own entry excluded; --val not needed
 
 
 @dataclass
@@ -114,7 +115,7 @@ HELP = {
     "device": "auto, cpu, cuda, cuda:1, ...",
     "train": "labelled folder (one sub-folder per class): kNN reference / probe training set",
     "val": "labelled folder with the same classes: query / test set",
-    "k": "the two k of weighted kNN (1-NN is always added)",
+    "k": "one or more k of weighted kNN (1-NN is always added)",
     "logreg_c": "fast protocol: inverse regularisation strength of the logistic regression",
     "what": "comma-separated: tsne, umap, attention, reconstruction",
     "data": "image folder to visualise",
@@ -127,6 +128,8 @@ HELP = {
     "weight_decay": "paper protocol: LARS weight decay",
     "probe_batch_size": "paper protocol: training batch size",
     "temperature": "kNN vote temperature",
+    "leave_one_out": "classify every --train image against the others (its own entry excluded); no --val needed. "
+                     "Used automatically when --val is the same folder or holds the same files",
     "seed": "random init / probe / t-SNE seed",
     "num_images": "attention / reconstruction: number of images",
     "max_points": "t-SNE: at most this many images (seeded subsample)",
@@ -181,9 +184,13 @@ def add_option_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         required = any(f.name in names and issubclass(cls, owner) for owner, names in REQUIRED.items())
         suffix = "(required)" if required else "" if f.default is None else f"(default: {f.default})"
         kwargs: dict[str, Any] = {"default": None, "help": f"{help_text.get(f.name, '')} {suffix}".strip()}
-        if typing.get_origin(tp) is tuple:
-            kwargs.update(nargs=len(typing.get_args(tp)), type=typing.get_args(tp)[0], metavar="N")
-        else:
+        if base is bool:
+            kwargs["action"] = "store_true"
+            kwargs["help"] = help_text.get(f.name, "")
+        elif typing.get_origin(tp) is tuple:
+            items = typing.get_args(tp)
+            kwargs.update(nargs="+" if Ellipsis in items else len(items), type=items[0], metavar="N")
+        elif base is not bool:
             kwargs["type"] = base
         if f.name in CHOICES:
             kwargs["choices"] = CHOICES[f.name]
@@ -205,6 +212,8 @@ def resolve_options(cls: type, args: argparse.Namespace) -> Any:
     for base, required in REQUIRED.items():
         if isinstance(opts, base):
             for name in required:
+                if name == "val" and getattr(opts, "leave_one_out", False):
+                    continue  # leave-one-out queries the --train folder itself
                 if not getattr(opts, name):
                     raise ConfigError(f"missing {_flag(name)} (or `{name}:` in the --config file)")
     for name, choices in CHOICES.items():

@@ -73,20 +73,40 @@ def evaluate_features(train: FeatureSet, val: FeatureSet | None, s: ProtocolSett
     classes, n_cls = train.classes, len(train.classes)
     if val is not None:
         probs = _all_probs(train.features, train.labels, val.features, n_cls, s)
-        return {name: classification_metrics(val.labels, p, classes) for name, p in probs.items()}
+        results = {name: classification_metrics(val.labels, p, classes) for name, p in probs.items()}
+        return _with_k(results, s, [len(train.labels)])
     y = train.labels.numpy()
-    smallest = int(np.bincount(y, minlength=n_cls).min())
-    if smallest < cv_folds:
-        raise ValueError(f"{train.root}: {cv_folds}-fold cross-validation needs >= {cv_folds} images per class, "
-                         f"the smallest class has {smallest}")
+    check_fold_sizes(np.bincount(y, minlength=n_cls), classes, cv_folds, str(train.root))
     folds = StratifiedKFold(n_splits=cv_folds, shuffle=True, random_state=s.seed)
     oof: dict[str, np.ndarray] = {}
+    fit_sizes = []
     for fit_idx, test_idx in folds.split(np.zeros(len(y)), y):
         fit_i, test_i = torch.from_numpy(fit_idx), torch.from_numpy(test_idx)
+        fit_sizes.append(len(fit_idx))
         probs = _all_probs(train.features[fit_i], train.labels[fit_i], train.features[test_i], n_cls, s)
         for name, p in probs.items():
             oof.setdefault(name, np.zeros((len(y), n_cls)))[test_idx] = p
-    return {name: classification_metrics(y, p, classes) for name, p in oof.items()}
+    return _with_k({name: classification_metrics(y, p, classes) for name, p in oof.items()}, s, fit_sizes)
+
+
+def _with_k(results: dict[str, dict[str, Any]], s: ProtocolSettings,
+            fit_sizes: list[int]) -> dict[str, dict[str, Any]]:
+    """Record the k each kNN protocol used: k capped at the reference size (the smallest fold's for CV)."""
+    for k in (*s.knn_k, 1):
+        name = "nn1" if k == 1 else f"knn_k{k}"
+        if name in results:
+            results[name].update(k=min(k, min(fit_sizes)), k_asked=k)
+    return results
+
+
+def check_fold_sizes(counts: np.ndarray | list[int], classes: list[str], cv_folds: int, where: str) -> None:
+    """ValueError naming the classes too small for `cv_folds`-fold stratified cross-validation."""
+    if cv_folds < 2:
+        raise ValueError(f"{where}: cross-validation needs --cv-folds >= 2, got {cv_folds}")
+    small = [f"{c} ({int(n)})" for c, n in zip(classes, counts) if n < cv_folds]
+    if small:
+        raise ValueError(f"{where}: {cv_folds}-fold cross-validation needs >= {cv_folds} images per class; too few: "
+                         f"{', '.join(small)} (use --cv-folds {max(2, int(min(counts)))} or add images)")
 
 
 def evaluate_encoder(encoder: Encoder, sets: list[EvalSet], s: ProtocolSettings, cache_dir: str | Path | None,

@@ -13,10 +13,18 @@ from pathlib import Path
 from typing import Any
 
 from gcmae.config import ConfigError, dump_yaml, from_dict, load_yaml
-from gcmae.evaluate.common import resolve_device
-from gcmae.evaluate.features import RANDOM, file_digest, load_encoder
+from gcmae.evaluate.common import open_labelled_pair, resolve_device
+from gcmae.evaluate.features import RANDOM, file_digest, load_encoder, open_folder
 from gcmae.stain import StainNormalizer, make_normalizer
-from gcmae.evaluate.protocols import SUMMARY_METRICS, EvalSet, ProtocolSettings, evaluate_encoder, result_rows
+from gcmae.evaluate.protocols import (
+    SUMMARY_METRICS,
+    EvalSet,
+    ProtocolSettings,
+    check_fold_sizes,
+    evaluate_encoder,
+    result_rows,
+)
+from gcmae.evaluate.report import dumps_json
 from gcmae.io.atomic import write_csv_atomic, write_text_atomic
 from gcmae.io.paths import safe_name
 
@@ -78,6 +86,17 @@ class EvalConfig:
                 if folder and not Path(folder).is_dir():
                     raise FileNotFoundError(f"evaluation set {s.name}: no such folder {folder}")
 
+    def check_folders(self) -> None:
+        """Open every evaluation folder (validated, labelled, same classes) and check the classes against the
+        cross-validation folds: all before any model is loaded or image embedded."""
+        for es in self.eval_sets:
+            if es.val:
+                open_labelled_pair(es.train, es.val)
+            else:
+                ds = open_folder(es.train)
+                counts = [ds.labels.count(i) for i in range(len(ds.classes))]
+                check_fold_sizes(counts, ds.classes, es.cv_folds, f"evaluation set {es.name} ({es.train})")
+
 
 @dataclass
 class TransferConfig:
@@ -119,7 +138,7 @@ def evaluate_model(spec: ModelSpec, cfg: EvalConfig, out_dir: Path) -> list[dict
                                cfg.batch_size, cfg.num_workers, resolve_device(cfg.device))
     rows = result_rows(results, pretrain_set=spec.pretrain_set, method=spec.method, seed=spec.seed)
     payload = {"identity": identity, "weights": encoder.description, "results": results, "rows": rows}
-    write_text_atomic(path, json.dumps(payload, indent=2) + "\n")
+    write_text_atomic(path, dumps_json(payload))
     return rows
 
 
@@ -144,6 +163,7 @@ def run_transfer(cfg: TransferConfig) -> list[dict[str, Any]]:
     if not cfg.models:
         raise ConfigError("no models to evaluate: give --checkpoint or a `models:` list")
     cfg.eval.check()
+    cfg.eval.check_folders()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "config.yaml", dump_yaml(cfg))
