@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import hashlib
+import json
 import os
 import shutil
 from pathlib import Path
@@ -21,7 +22,7 @@ from gcmae.slide.bags import load_bag, read_attrs
 from gcmae.slide.coords import read_coords_h5, write_coords_h5
 from gcmae.slide.features import FAILURES_FILENAME, encoder_record, extract_job, parse_shard
 from gcmae.slide.reader import open_slide
-from tests.slide.slide_helpers import TILE, copy_job
+from tests.slide.slide_helpers import MPP, TILE, copy_job
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 SLIDE_NAMES = ["cmu-1-small-region", "tcga-cr-7395-01a-01-ts1"]
@@ -73,6 +74,8 @@ def test_feature_file_records_where_it_comes_from(extracted_job, tiny_ckpt):
         assert (a["level"], a["read_size"], a["step"], a["tile_size"], a["tile_mpp"]) == (
             tiles.grid.level, tiles.grid.read_size, tiles.grid.step, TILE, tiles.grid.mpp)
         assert a["num_tiles"] == len(tiles) > 5 and a["slide_name"] == name and a["created"].startswith("20")
+        # issue 11 item 8: the 48-px tiles are resized to the 32-px encoder input, which is recorded
+        assert a["resized_from"] == TILE and a["input_mpp"] == pytest.approx(tiles.grid.mpp * TILE / 32)
         with h5py.File(path) as h5:
             assert h5["features"].shape == (len(tiles), 192) and h5["features"].dtype == np.float32
             assert h5["coords"].dtype == np.int64
@@ -213,3 +216,17 @@ def test_a_recorded_stain_normaliser_is_rebuilt_with_the_encoder(tiny_ckpt):
     rebuilt = load_recorded_encoder(stored)
     assert rebuilt.stain is not None and rebuilt.stain.to_dict() == encoder.stain.to_dict()
     assert load_recorded_encoder({**record, "stain": None, "stain_id": None}).stain is None
+
+
+def test_tiles_resized_to_another_encoder_input_size_are_warned_about_once(slide_job, tiny_ckpt, tmp_path, caplog):
+    """Issue 11 item 8: `extract` silently resized the tiles to the encoder's input size."""
+    job = shutil.copytree(slide_job, tmp_path / "job")
+    encoder = load_encoder(tiny_ckpt)
+    record = encoder_record(encoder, tiny_ckpt, "cls")
+    summary = extract_job(job, encoder, record, batch_size=16, num_workers=0, progress=False)
+    warning = f"tiles of {TILE} px at {MPP:g} µm/px are resized to the encoder's 32 px input"
+    assert len(summary.done) == 2 and len(summary.warnings) == 1 and warning in summary.warnings[0]
+    assert caplog.text.count(warning) == 1  # once for the job, not once per slide
+    assert "encoder sees 9 µm/px" in summary.warnings[0]
+    settings = json.loads((job / f"extract_{record['tag']}.json").read_text())
+    assert settings["summary"]["warnings"] == summary.warnings

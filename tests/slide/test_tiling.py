@@ -275,3 +275,22 @@ def test_pen_removal_keeps_the_sample_slides_tissue() -> None:
             no_pen = slide_tissue_mask(reader, max_size=512, remove_pen=True).mask
         assert not (no_pen & ~plain).any()
         assert no_pen.sum() >= 0.97 * plain.sum(), (slide.name, no_pen.sum() / plain.sum())
+
+
+def test_slide_mpp_overriding_real_metadata_warns_and_is_recorded(tmp_path: Path, caplog) -> None:
+    """Issue 11 item 8: --slide-mpp silently replaced the CMU slide's own 0.499 µm/px."""
+    result = tile_slide(CMU, tmp_path / "o", tile_size=64, mpp=4.0, slide_mpp=1.0, mask_size=512, progress=False)
+    assert "--slide-mpp 1 overrides the slide's own MPP metadata 0.499" in caplog.text
+    assert result.warning and "overrides" in result.warning
+    tiles = read_coords_h5(result.out_dir / "coords.h5")
+    assert tiles.slide_mpp == 1.0 and tiles.attrs["metadata_mpp"] == pytest.approx(0.499)
+    assert tiles.attrs["slide_mpp_source"] == "--slide-mpp"
+    caplog.clear()
+    same = tile_slide(CMU, tmp_path / "s", tile_size=64, mpp=4.0, slide_mpp=0.5, mask_size=512, progress=False)
+    plain = tile_slide(CMU, tmp_path / "m", tile_size=64, mpp=4.0, mask_size=512, progress=False)
+    assert "overrides" not in caplog.text and same.warning is None  # 0.5 is the metadata, rounded
+    tiles = read_coords_h5(plain.out_dir / "coords.h5")
+    assert tiles.attrs["slide_mpp_source"] == "metadata" and tiles.attrs["metadata_mpp"] == pytest.approx(0.499)
+    summary = tile_slides(CMU, tmp_path / "batch", tile_size=64, mpp=4.0, slide_mpp=1.0, mask_size=512,
+                          progress=False)
+    assert [(p.name, "overrides" in w) for p, w in summary.warnings] == [(CMU.name, True)]

@@ -156,13 +156,32 @@ def tile_loader(dataset: TileDataset, batch_size: int, num_workers: int, device:
 
 
 # -------------------------------------------------------------------------------------------- one slide
+def input_geometry(grid: TileGrid, img_size: int) -> dict[str, Any]:
+    """What the encoder sees: tiles of `grid.tile_size` px resized to `img_size` px, so at `input_mpp` µm/px
+    (None when the tiles' MPP is unknown); `resized_from` is the tile size when it differs from `img_size`."""
+    scale = grid.tile_size / img_size
+    return {"input_mpp": None if grid.mpp is None else grid.mpp * scale,
+            "resized_from": grid.tile_size if grid.tile_size != img_size else None}
+
+
+def resize_warning(grid: TileGrid, img_size: int) -> str | None:
+    """The warning for tiles that the encoder's transform resizes to another size (None when it does not)."""
+    if grid.tile_size == img_size:
+        return None
+    at = "" if grid.mpp is None else f" at {grid.mpp:g} µm/px"
+    sees = "" if grid.mpp is None else f", so the encoder sees {grid.mpp * grid.tile_size / img_size:.3g} µm/px"
+    return (f"tiles of {grid.tile_size} px{at} are resized to the encoder's {img_size} px input{sees}; tile at "
+            f"--tile-size {img_size} (and the --mpp you want the encoder to see), or give --img-size "
+            f"{grid.tile_size}; recorded as resized_from / input_mpp in the feature files")
+
+
 def _slide_attrs(tiles: SlideTiles, slide_path: Path, record: dict[str, Any]) -> dict[str, Any]:
     g = tiles.grid
     return {"format": FORMAT, "format_version": FORMAT_VERSION, "slide_name": tiles.name,
             "slide_path": str(slide_path), "width": tiles.dimensions[0], "height": tiles.dimensions[1],
             "slide_mpp": tiles.slide_mpp, "level": g.level, "read_size": g.read_size, "step": g.step,
             "extent": g.extent, "tile_size": g.tile_size, "tile_mpp": g.mpp, "num_tiles": len(tiles),
-            "coords_sha256": array_digest(tiles.coords), **record}
+            "coords_sha256": array_digest(tiles.coords), **input_geometry(g, int(record["img_size"])), **record}
 
 
 def autocast(device: torch.device, precision: str) -> Any:
@@ -234,6 +253,7 @@ class ExtractSummary:
     other_shards: int = 0
     tiles: int = 0
     stain_failed: int | None = None  # tiles embedded without stain normalisation (None: no normaliser)
+    warnings: list[str] = field(default_factory=list)  # e.g. tiles resized to another encoder input size
 
     def __str__(self) -> str:
         stain = "" if self.stain_failed is None else (f", {self.stain_failed} tile(s) passed through without stain "
@@ -317,6 +337,10 @@ def extract_job(job_dir: str | Path, encoder: Encoder, record: dict[str, Any], b
                     continue
                 if out_path.exists():
                     log.warning("%s: %s is unfinished or stale; recomputing", slide_dir.name, out_name)
+                resized = resize_warning(tiles.grid, int(record["img_size"]))
+                if resized and resized not in summary.warnings:  # once per tile geometry, not once per slide
+                    log.warning("%s", resized)
+                    summary.warnings.append(resized)
                 failed = extract_slide(tiles, _slide_file(tiles, Path(slides_dir) if slides_dir else None), encoder,
                                        record, out_path, batch_size, num_workers, torch.device(device), precision,
                                        progress)

@@ -196,6 +196,17 @@ def _overlay(tissue: TissueMask, grid: TileGrid, tiles: list[TileRecord]) -> Ima
     return image
 
 
+MPP_TOLERANCE = 0.01  # relative: a --slide-mpp within 1 % of the metadata is the same value, rounded
+
+
+def mpp_override_warning(given: float | None, metadata: float | None) -> str | None:
+    """The warning when a user-given slide MPP overrides different MPP metadata (None when it does not)."""
+    if given is None or metadata is None or abs(given - metadata) <= MPP_TOLERANCE * metadata:
+        return None
+    return (f"--slide-mpp {given:g} overrides the slide's own MPP metadata {metadata:g} µm/px (physical sizes are "
+            f"scaled by {given / metadata:.3g}); recorded as slide_mpp_source / metadata_mpp in coords.h5")
+
+
 def tile_slide(path: str | Path, out_dir: str | Path, tile_size: int = 224, mpp: float | None = None,
                min_tissue: float = 0.5, *, slide_mpp: float | None = None, magnification: float | None = None,
                overlap: int = 0, name: str | None = None, mask_size: int = DEFAULT_MASK_SIZE,
@@ -262,11 +273,17 @@ def _tile_claimed(path: Path, slide_dir: Path, settings: TilingSettings, progres
                 shutil.rmtree(slide_dir, ignore_errors=True)  # never leave a partial slide behind
                 raise
         dimensions, slide_mpp = reader.dimensions, settings.slide_mpp or reader.mpp
-    warning = None
+        metadata_mpp = reader.mpp
+    warnings = []
+    override = mpp_override_warning(settings.slide_mpp, metadata_mpp)
+    if override:
+        warnings.append(override)
     if not tiles:
-        warning = "no tissue detected: 0 tiles" if not tissue.mask.any() else \
-            f"no grid cell has >= {min_tissue:g} tissue: 0 tiles"
-        logger.warning("%s: %s", path.name, warning)
+        warnings.append("no tissue detected: 0 tiles" if not tissue.mask.any() else
+                        f"no grid cell has >= {min_tissue:g} tissue: 0 tiles")
+    for w in warnings:
+        logger.warning("%s: %s", path.name, w)
+    warning = "; ".join(warnings) or None
     _save_png(Image.fromarray(tissue.mask.astype(np.uint8) * 255), slide_dir / "tissue_mask.png")
     _save_png(_overlay(tissue, grid, tiles), slide_dir / "thumbnail.png")
     write_text_atomic(slide_dir / "tissue.geojson", json.dumps(tissue.to_geojson()))
@@ -274,7 +291,10 @@ def _tile_claimed(path: Path, slide_dir: Path, settings: TilingSettings, progres
     attrs = {"min_tissue": min_tissue, "overlap": settings.overlap,
              "magnification": settings.magnification,  # None is stored as NaN by write_coords_h5
              "mask_size": settings.mask_size, "remove_pen": bool(settings.remove_pen),
-             "tissue_threshold": tissue.threshold}
+             "tissue_threshold": tissue.threshold,
+             # where slide_mpp comes from: the slide's metadata, or --slide-mpp (then what the metadata said)
+             "slide_mpp_source": "metadata" if settings.slide_mpp is None else "--slide-mpp",
+             "metadata_mpp": metadata_mpp}  # None (no metadata) is stored as NaN
     write_coords_h5(coords_path, SlideTiles(  # last: marks the slide as finished
         slide_path=path.resolve(), name=slide_dir.name, grid=grid, coords=coords,
         tissue_fraction=np.array([t.tissue_fraction for t in tiles], dtype=np.float32),
