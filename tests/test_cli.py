@@ -71,3 +71,12 @@ def test_command_line_defaults_are_the_options_defaults(argv, options):
     defaults = {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
     assert {k: args[k] for k in defaults if k in args} == {k: v for k, v in defaults.items() if k in args}
     assert set(defaults) - set(args) <= {"cpu_threads"}  # not a command-line option
+
+
+def test_version(capsys):
+    """Issue 11 item 11: there was no --version."""
+    from gcmae import __version__
+
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0 and capsys.readouterr().out.strip() == f"gcmae {__version__}"

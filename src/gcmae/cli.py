@@ -75,8 +75,15 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _version() -> str:
+    from gcmae import __version__
+
+    return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gcmae", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"gcmae {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("pretrain", help="pretrain GCMAE from a YAML config (resumes from out_dir if possible)")

@@ -178,3 +178,16 @@ def test_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
                  "--mask-size", "256"]) == 0
     assert "tcga.svs: slide tcga.svs has no objective-power metadata" in capsys.readouterr().out
     assert read_coords_h5(tmp_path / "mag" / "cmu" / "coords.h5").grid.read_size == 512
+
+
+def test_hidden_slide_files_are_named_not_silently_skipped(tmp_path, caplog):
+    """Issue 11 item 11: a slide whose name starts with a dot was skipped without a word."""
+    from gcmae.slide.batch import find_slides
+
+    cmu = Path(__file__).resolve().parents[2] / "data" / "samples" / "slides" / "cmu-1-small-region.svs"
+    (tmp_path / "a.svs").symlink_to(cmu)
+    (tmp_path / ".b.svs").symlink_to(cmu)
+    (tmp_path / ".notes.txt").write_text("not a slide")
+    assert [p.name for p in find_slides(tmp_path)] == ["a.svs"]
+    assert "1 hidden file(s) with a slide extension not tiled" in caplog.text and ".b.svs" in caplog.text
+    assert ".notes.txt" not in caplog.text

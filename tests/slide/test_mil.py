@@ -238,6 +238,8 @@ def test_clear_errors_for_bad_labels_bags_and_models(tmp_path):
     labels.write_text("slide_id,label\ns00,normal\ns00,tumour\n")
     with pytest.raises(ValueError, match="line 3.*twice"):
         read_labels_csv(labels)
+    labels.write_bytes("\ufeffslide_id,label\ns00,normal\ns01,tumour\n".encode())  # Excel's "CSV UTF-8" (a BOM)
+    assert read_labels_csv(labels) == {"s00": "normal", "s01": "tumour"}  # issue 11 item 11: was refused
     labels.write_text("slide_id,label\ns00,normal\nghost,tumour\n")
     opts = MILTrainOptions(features=str(bags), labels=str(labels), out=str(tmp_path / "m"), device="cpu")
     with pytest.raises(FileNotFoundError, match="ghost"):

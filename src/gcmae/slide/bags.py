@@ -207,7 +207,7 @@ def read_labels_csv(path: str | Path) -> dict[str, str]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"labels file not found: {path}")
-    with open(path, newline="") as fh:
+    with open(path, newline="", encoding="utf-8-sig") as fh:  # -sig: a byte-order mark (Excel's UTF-8) is dropped
         reader = csv.DictReader(fh)
         if not reader.fieldnames or not {"slide_id", "label"} <= set(reader.fieldnames):
             raise ValueError(f"{path}: needs a header with the columns slide_id,label (found {reader.fieldnames})")

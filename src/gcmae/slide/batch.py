@@ -74,10 +74,14 @@ class TilingSummary:
 
 
 def find_slides(folder: str | Path) -> list[Path]:
-    """Slide-like files (by extension, case-insensitive) directly inside ``folder``, sorted;
-    hidden files are ignored."""
-    return sorted(p for p in Path(folder).iterdir()
-                  if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in SLIDE_EXTENSIONS)
+    """Slide-like files (by extension, case-insensitive) directly inside ``folder``, sorted; hidden files (names
+    starting with a dot, e.g. macOS ``._x.svs`` companions) are left out, with a warning naming them."""
+    found = sorted(p for p in Path(folder).iterdir() if p.is_file() and p.suffix.lower() in SLIDE_EXTENSIONS)
+    hidden = [p.name for p in found if p.name.startswith(".")]
+    if hidden:
+        logger.warning("%s: %d hidden file(s) with a slide extension not tiled (names starting with '.'; rename "
+                       "them to tile them): %s", folder, len(hidden), ", ".join(hidden))
+    return [p for p in found if not p.name.startswith(".")]
 
 
 def _tile_one(slide: Path, out_dir: Path, name: str, settings: TilingSettings, overwrite: bool,
