@@ -47,6 +47,9 @@ def test_knn_with_a_trained_checkpoint(pcam_pair, trained_checkpoint, tmp_path, 
     assert [[int(v) for v in r[1:]] for r in rows[1:]] == results["knn_k5"]["confusion_matrix"]
     report = (out / "report.md").read_text()
     assert "| knn_k5 |" in report and "| nn1 |" in report
+    # issue 11 item 11: options left to the checkpoint were reported as `None`
+    assert "`None`" not in report and "- **encoder**: `vit_tiny`" in report and "- **img_size**: `32`" in report
+    assert metrics["settings"]["patch_size"] == 8 and metrics["encoder_used"]["encoder"] == "vit_tiny"
     for name in ("knn_k5", "knn_k200", "nn1"):
         assert f"(confusion_{name}.png)" in report and (out / f"confusion_{name}.png").stat().st_size > 0
 

@@ -89,9 +89,22 @@ def train_val_features(opts: KNNOptions | LinprobeOptions, same: bool = False,
     return encoder, train, train if same else folder_features(encoder, val_ds, **kwargs)
 
 
+def encoder_used(encoder: Encoder) -> dict[str, Any]:
+    """The architecture actually embedded with (preset name, input and patch size): what `--encoder`,
+    `--img-size` and `--patch-size` left to the checkpoint resolved to."""
+    from gcmae.models.vit import ENCODER_PRESETS
+
+    enc = encoder.model.encoder
+    dim, depth = int(enc.embed_dim), len(enc.blocks)
+    preset = next((n for n, p in ENCODER_PRESETS.items() if p["embed_dim"] == dim and p["depth"] == depth),
+                  f"custom ({dim} wide, {depth} blocks)")
+    return {"encoder": preset, "img_size": int(encoder.img_size), "patch_size": int(encoder.identity["patch_size"])}
+
+
 def weights_summary(encoder: Encoder, train: FeatureSet, val: FeatureSet) -> dict[str, Any]:
     """What was embedded, for metrics.json."""
-    return {"weights": encoder.description, "mean": list(encoder.mean), "std": list(encoder.std),
+    return {"weights": encoder.description, "encoder_used": encoder_used(encoder),
+            "mean": list(encoder.mean), "std": list(encoder.std),
             "feature_dim": int(train.features.shape[1]), "num_train": len(train.files), "num_val": len(val.files),
             "classes": train.classes,
             "excluded_images": {"train": [{"file": f, "reason": r} for f, r in train.excluded],

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 from torchvision import transforms as T
 
 from gcmae.data.datasets import ImageFolderDataset
-from gcmae.evaluate.common import encoder_from_options, open_labelled_pair
+from gcmae.evaluate.common import encoder_from_options, encoder_used, open_labelled_pair
 from gcmae.evaluate.features import Encoder
 from gcmae.evaluate.metrics import classification_metrics
 from gcmae.evaluate.options import LinprobeOptions
@@ -130,7 +130,7 @@ def run_paper(opts: LinprobeOptions, device: torch.device) -> tuple[dict[str, An
     probs, labels = predict(encoder, probe, val, opts.pool, opts.batch_size, device)
     batch = min(opts.probe_batch_size, len(train))
     metrics = {**classification_metrics(labels, probs, train.classes), "final_train_loss": history[-1]["loss"]}
-    extra = {"weights": encoder.description, "mean": list(mean), "std": list(std), "num_train": len(train),
+    extra = {"weights": encoder.description, "encoder_used": encoder_used(encoder), "mean": list(mean), "std": list(std), "num_train": len(train),
              "num_val": len(val), "classes": train.classes, "history": history,
              "peak_lr": scaled_lr(opts.base_lr, batch), "batch_size": batch}
     notes = [f"Paper protocol: frozen encoder ({encoder.description}), BatchNorm (no affine) + linear head on the "

@@ -82,6 +82,8 @@ def save_evaluation(out_dir: str | Path, command: str, title: str, settings: dic
     """Write metrics.json, confusion_<method>.csv/.png for every method, and report.md; returns out_dir."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    used = (extra or {}).get("encoder_used") or {}  # options left to the checkpoint: the values they resolved to
+    settings = {k: used.get(k, v) if v is None else v for k, v in settings.items()}
     all_figures = []
     for name, m in results.items():
         write_confusion_csv(out_dir / f"confusion_{name}.csv", m["confusion_matrix"], m["classes"])
