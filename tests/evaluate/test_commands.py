@@ -279,3 +279,19 @@ def test_knn_takes_one_or_more_k(pcam_pair, tmp_path):
         out = tmp_path / "-".join(ks)
         assert main(["knn", *RANDOM, *folders(pcam_pair, tmp_path), "--out", str(out), "--k", *ks]) == 0
         assert list(json.loads((out / "metrics.json").read_text())["results"]) == names
+
+
+def test_feature_cache_defaults_to_the_output_folder_not_the_current_one(pcam_pair, tmp_path, monkeypatch):
+    """Issue 11 item 11: the cache landed in ./runs/feature-cache of whatever folder the command ran in."""
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    out = tmp_path / "knn"
+    assert main(["knn", *RANDOM, "--train", str(pcam_pair[0]), "--val", str(pcam_pair[1]), "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["settings"]["cache_dir"] == str(out / "feature-cache")
+    assert metrics["feature_cache"]["train"].startswith(str(out / "feature-cache"))
+    assert len(list((out / "feature-cache").glob("*.npz"))) == 2 and not any(cwd.iterdir())
+    assert main(["transfer", *RANDOM, "--eval", f"p={pcam_pair[0]},{pcam_pair[1]}", "--out", str(tmp_path / "t"),
+                 "--device", "cpu"]) == 0
+    assert len(list((tmp_path / "t" / "feature-cache").glob("*.npz"))) == 2 and not any(cwd.iterdir())

@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import typing
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from gcmae.config import ConfigError, from_dict, load_yaml
@@ -33,7 +34,7 @@ class BaseOptions:
 class CachedFeatureOptions(BaseOptions):
     """Commands that embed folders with the frozen encoder (not fine-tuning) and cache the features."""
 
-    cache_dir: str = "runs/feature-cache"  # "" disables the feature cache
+    cache_dir: str | None = None  # default: OUT/feature-cache (never the current folder); "" disables the cache
 
 
 @dataclass
@@ -111,7 +112,7 @@ HELP = {
     "img_size": "input size (default: the checkpoint's; 224 for random)",
     "patch_size": "patch size (default: the checkpoint's; 16 for random)",
     "pool": "feature: cls token or mean of the patch tokens",
-    "cache_dir": "feature cache folder ('' to disable)",
+    "cache_dir": "feature cache folder (default: OUT/feature-cache; '' to disable)",
     "device": "auto, cpu, cuda, cuda:1, ...",
     "train": "labelled folder (one sub-folder per class): kNN reference / probe training set",
     "val": "labelled folder with the same classes: query / test set",
@@ -220,6 +221,8 @@ def resolve_options(cls: type, args: argparse.Namespace) -> Any:
         value = getattr(opts, name, None)
         if value is not None and value not in choices:
             raise ConfigError(f"{name}: {value!r} is not one of {', '.join(choices)}")
+    if isinstance(opts, CachedFeatureOptions) and opts.cache_dir is None:  # with the run, not in the current folder
+        opts.cache_dir = str(Path(opts.out) / "feature-cache")
     if isinstance(opts, LinprobeOptions) and opts.protocol == "paper" and opts.stain_norm != "none":
         raise ConfigError("stain_norm applies to frozen features (fast protocol, kNN); the paper protocol trains on "
                           "augmented images and does not apply it")

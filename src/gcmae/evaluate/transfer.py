@@ -63,7 +63,7 @@ class EvalConfig:
     batch_size: int = 128
     num_workers: int = 0
     device: str = "auto"
-    cache_dir: str = "runs/feature-cache"
+    cache_dir: str | None = None  # default: <out>/feature-cache of the run; "" disables the cache
     stain_norm: str = "none"  # none, macenko or reinhard: applied to every image before the frozen encoder
     stain_target: str = ""  # reference image; "" = the shipped default target
 
@@ -134,7 +134,8 @@ def evaluate_model(spec: ModelSpec, cfg: EvalConfig, out_dir: Path) -> list[dict
     encoder = load_encoder(spec.checkpoint, spec.encoder, spec.img_size, spec.patch_size, spec.seed,
                            sha256=identity["weights"].get("sha256"))
     encoder.stain = stain
-    results = evaluate_encoder(encoder, cfg.eval_sets, cfg.protocol_settings(spec.seed), cfg.cache_dir or None,
+    cache_dir = out_dir / "feature-cache" if cfg.cache_dir is None else cfg.cache_dir or None
+    results = evaluate_encoder(encoder, cfg.eval_sets, cfg.protocol_settings(spec.seed), cache_dir,
                                cfg.batch_size, cfg.num_workers, resolve_device(cfg.device))
     rows = result_rows(results, pretrain_set=spec.pretrain_set, method=spec.method, seed=spec.seed)
     payload = {"identity": identity, "weights": encoder.description, "results": results, "rows": rows}

@@ -85,7 +85,8 @@ def _tile_classifier_train(args: argparse.Namespace) -> int:
     open_folder(args.train_dir)  # a bad folder fails before the model is loaded
     encoder, record = _encoder(args)
     clf = train_tile_classifier(encoder, record, args.train_dir, args.out, args.positive, args.val_dir, args.c,
-                                args.cache_dir or None, args.batch_size, args.workers, str(_device(args.device)))
+                                str(Path(args.out) / "feature-cache") if args.cache_dir is None else args.cache_dir or None,
+                                args.batch_size, args.workers, str(_device(args.device)))
     val = clf.meta.get("val")
     failed = clf.meta.get("stain_failed")
     print(f"tile classifier ({', '.join(clf.classes)}; positive {clf.classes[clf.positive]}) in {args.out}: train "
@@ -205,7 +206,7 @@ def add_slide_parsers(sub: argparse._SubParsersAction) -> None:
     _add_encoder_args(p)
     p.add_argument("--positive", default=None, help="class shown by heatmaps (default: the last class)")
     p.add_argument("--c", type=float, default=1.0, help="inverse L2 strength of the logistic regression")
-    p.add_argument("--cache-dir", default="runs/feature-cache", help="feature cache ('' disables)")
+    p.add_argument("--cache-dir", default=None, help="feature cache (default: OUT/feature-cache; '' disables)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--device", default="auto")
