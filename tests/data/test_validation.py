@@ -170,6 +170,19 @@ def test_dataset_excludes_rejected_files_before_indexing(bad_folder) -> None:
     assert {p.name for p, _ in header.rejected} == rejected - {"truncated.jpg", "truncated.png"}
 
 
+def test_files_with_warnings_are_named_not_only_counted(bad_folder, tmp_path: Path, caplog) -> None:
+    """Issue 11 item 11: data_report.json counted the files with warnings and nothing named them."""
+    folder, expected = bad_folder
+    ds = ImageFolderDataset(folder, validate="header")
+    warned = sorted(n for n, (s, _) in expected.items() if s == "warning")
+    for name in warned:
+        assert f"usable with a warning: {folder / name}" in caplog.text
+    ds.write_report(tmp_path / "data_report.json")
+    lines = (tmp_path / "warned_images.txt").read_text().splitlines()
+    assert sorted(Path(line.split("\t")[0]).name for line in lines) == warned and all("\t" in x for x in lines)
+    assert json.loads((tmp_path / "data_report.json").read_text())["warnings"] == len(warned)
+
+
 def test_file_vanishing_mid_run_is_replaced_deterministically(small_pcam: Path, caplog) -> None:
     ds = ImageFolderDataset(small_pcam, pretrain_transform(64))
     expected, label, index = ds[(4, 99)]

@@ -19,6 +19,7 @@ __all__ = ["EmptyDatasetError", "IMAGE_EXTENSIONS", "ImageFolderDataset", "check
 log = logging.getLogger(__name__)
 
 MAX_REPLACEMENTS = 8  # consecutive unreadable files tried before __getitem__ gives up
+MAX_NAMED_WARNINGS = 20  # usable-but-odd files named in the log (all of them in warned_images.txt)
 
 
 class EmptyDatasetError(ValueError):
@@ -65,6 +66,11 @@ class ImageFolderDataset(Dataset):
             files = good
         for path, reason in self.rejected:
             log.warning("skipping unreadable image %s: %s", path, reason)
+        for path, reason in self.warnings[:MAX_NAMED_WARNINGS]:
+            log.warning("usable with a warning: %s: %s", path, reason)
+        if len(self.warnings) > MAX_NAMED_WARNINGS:
+            log.warning("... and %d more image(s) with warnings (all listed by write_report, warned_images.txt)",
+                        len(self.warnings) - MAX_NAMED_WARNINGS)
         if not files:
             detail = f"; {len(self.rejected)} file(s) could not be read" if self.rejected else ""
             raise EmptyDatasetError(
@@ -88,7 +94,13 @@ class ImageFolderDataset(Dataset):
         return {"images": len(self.files), "rejected": len(self.rejected), "warnings": len(self.warnings)}
 
     def write_report(self, path: str | Path) -> Path:
-        """Write `report()` as JSON (atomically)."""
+        """Write `report()` as JSON (atomically), and the files with warnings by name, one `path<TAB>warning` a
+        line, in `warned_images.txt` beside it (removed when there are none)."""
+        warned = Path(path).with_name("warned_images.txt")
+        if self.warnings:
+            write_text_atomic(warned, "".join(f"{f}\t{reason}\n" for f, reason in self.warnings))
+        else:
+            warned.unlink(missing_ok=True)
         return write_text_atomic(path, json.dumps(self.report(), indent=2) + "\n")
 
     def load(self, index: int) -> Image.Image:
