@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from gcmae.config import ConfigError
+from gcmae.quiet import quiet_third_party
 
 log = logging.getLogger("gcmae")
 
@@ -158,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
     log.addHandler(handler)
     log.setLevel(logging.INFO)
+    quiet_third_party()
     try:
         return args.func(args)
     except (ConfigError, FileNotFoundError, ValueError, OSError, FloatingPointError) as err:
