@@ -49,18 +49,27 @@ def plot_curves(metrics: str | Path, out_png: str | Path) -> Path:
     """Step losses (rec, nce, total) and, if logged, the kNN accuracies, as one PNG (`metrics`: file or log dir)."""
     series = read_metrics(metrics)
     losses = [k for k in ("train/loss_step", "train/loss_rec_step", "train/loss_nce_step") if k in series]
+    suffix = "_step"
+    if not losses:  # a run shorter than log_every_n_steps logs no step losses: plot the epoch means instead
+        losses = [k for k in ("train/loss_epoch", "train/loss_rec_epoch", "train/loss_nce_epoch") if k in series]
+        suffix = "_epoch"
     knn = sorted(k for k in series if k.startswith("knn/"))
     ncols = 1 + bool(knn)
     fig, axes = plt.subplots(1, ncols, figsize=(5.5 * ncols, 4), squeeze=False)
     ax = axes[0, 0]
     for key in losses:
         steps, values = zip(*series[key])
-        ax.plot(steps, values, label=key.removeprefix("train/").removesuffix("_step"), lw=1)
+        few = len(steps) < 20  # a handful of points: markers, or a single point would not show at all
+        ax.plot(steps, values, label=key.removeprefix("train/").removesuffix(suffix) + (" (epoch mean)" if
+                suffix == "_epoch" else ""), lw=1, marker="o" if few else None)
     ax.set_xlabel("optimiser step")
     ax.set_ylabel("loss")
     ax.set_yscale("log")
     ax.set_title("training losses")
-    ax.legend()
+    if losses:
+        ax.legend()
+    else:
+        ax.text(0.5, 0.5, "no losses logged yet", ha="center", va="center", transform=ax.transAxes)
     if knn:
         ax = axes[0, 1]
         for key in knn:
