@@ -11,6 +11,8 @@ from gcmae.cli import build_parser, main
 from gcmae.evaluate.options import KNNOptions, LinprobeOptions, resolve_options
 from tests.evaluate.conftest import save_state
 
+pytestmark = pytest.mark.slow  # real pretraining, slides or subprocesses: skipped by `make test-fast`
+
 RANDOM = ["--checkpoint", "random", "--encoder", "vit_tiny", "--img-size", "32", "--patch-size", "8"]
 
 

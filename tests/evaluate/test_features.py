@@ -10,6 +10,8 @@ from PIL import Image
 from gcmae.evaluate.features import folder_features, load_encoder
 from tests.evaluate.conftest import save_state
 
+pytestmark = pytest.mark.slow  # real pretraining, slides or subprocesses: skipped by `make test-fast`
+
 
 @pytest.fixture()
 def count_embeds(monkeypatch):

@@ -14,6 +14,8 @@ from gcmae.evaluate.finetune import run_finetune
 from gcmae.evaluate.options import FinetuneOptions
 from tests.evaluate.conftest import copy_subset
 
+pytestmark = pytest.mark.slow  # real pretraining, slides or subprocesses: skipped by `make test-fast`
+
 TINY = dict(encoder="vit_tiny", img_size=32, patch_size=8, batch_size=8, device="cpu", num_workers=0)
 NO_AUGMENT = dict(drop_path=0.0, label_smoothing=0.0, randaug_ops=0, reprob=0.0, crop_scale=(1.0, 1.0))
 

@@ -8,6 +8,8 @@ from gcmae.cli import main
 from gcmae.config import ConfigError, load_pretrain_config
 from gcmae.evaluate.replicate import load_replicate_config, replica_table, summarise
 
+pytestmark = pytest.mark.slow  # real pretraining, slides or subprocesses: skipped by `make test-fast`
+
 TINY_PRETRAIN = {
     "model": {"encoder": "vit_tiny", "img_size": 32, "patch_size": 8, "decoder_dim": 32, "decoder_depth": 1,
               "decoder_heads": 2},

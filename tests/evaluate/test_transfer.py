@@ -12,6 +12,8 @@ from gcmae.evaluate import features, transfer
 from gcmae.evaluate.protocols import EvalSet, ProtocolSettings
 from gcmae.evaluate.transfer import EvalConfig, ModelSpec, TransferConfig, run_transfer
 
+pytestmark = pytest.mark.slow  # real pretraining, slides or subprocesses: skipped by `make test-fast`
+
 CRC_CLASSES = ("ADI", "LYM", "TUM")
 
 

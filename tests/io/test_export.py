@@ -15,6 +15,8 @@ from gcmae.io.export import export_encoder
 from gcmae.train.pretrain import run_pretrain
 from tests.train.helpers import assert_states_close, tiny_config
 
+pytestmark = pytest.mark.slow  # real pretraining, slides or subprocesses: skipped by `make test-fast`
+
 
 @pytest.fixture(scope="module")
 def trained_checkpoint(tmp_path_factory):

@@ -24,6 +24,8 @@ from gcmae.slide.tiling import tile_slide
 from tests.conftest import REPO, SAMPLES
 from tests.slide.test_concurrency import outputs
 
+pytestmark = pytest.mark.slow  # real pretraining, slides or subprocesses: skipped by `make test-fast`
+
 CMU = SAMPLES / "slides" / "cmu-1-small-region.svs"
 OPTS = {"tile_size": 256, "mask_size": 512, "export_png": True, "progress": False}
 JOB_FILES = ["failures.csv", "summary.json", "tiling_config.yaml"]

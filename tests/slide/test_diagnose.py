@@ -26,7 +26,7 @@ from gcmae.slide.reader import OpenSlideReader
 from gcmae.slide.tile_classifier import train_tile_classifier
 from tests.slide.slide_helpers import SLIDES, pcam_subset
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]
 SLIDE = SLIDES / "cmu-1-small-region.svs"
 
 

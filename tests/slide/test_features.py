@@ -24,7 +24,7 @@ from gcmae.slide.features import FAILURES_FILENAME, encoder_record, extract_job,
 from gcmae.slide.reader import open_slide
 from tests.slide.slide_helpers import MPP, TILE, copy_job
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]
 SLIDE_NAMES = ["cmu-1-small-region", "tcga-cr-7395-01a-01-ts1"]
 
 

@@ -21,7 +21,7 @@ from gcmae.slide.tile_classifier import load_tile_classifier, train_tile_classif
 from gcmae.viz.heatmap import tile_layer
 from tests.slide.slide_helpers import copy_job, pcam_subset
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]
 SLIDE_NAMES = ["cmu-1-small-region", "tcga-cr-7395-01a-01-ts1"]
 
 

@@ -21,7 +21,7 @@ from gcmae.slide.mil_train import MILTrainOptions, train_mil
 from gcmae.slide.proxy import ProxySpec, proxy_bags, run_proxy
 from tests.slide.slide_helpers import MPP, TILE, pcam_subset
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]
 
 
 def _reference(model: GatedABMIL, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

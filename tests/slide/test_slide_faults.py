@@ -24,6 +24,8 @@ from gcmae.slide.batch import tile_slides
 from gcmae.slide.tiling import tile_slide
 from tests.conftest import SAMPLES
 
+pytestmark = pytest.mark.slow  # real pretraining, slides or subprocesses: skipped by `make test-fast`
+
 CMU = SAMPLES / "slides" / "cmu-1-small-region.svs"  # 2220 x 2967, 0.499 µm/px
 TCGA = SAMPLES / "slides" / "tcga-cr-7395-01a-01-ts1.svs"  # no MPP
 PNG = sorted((SAMPLES / "crc-val-he-7k" / "LYM").glob("*.png"))[0]

@@ -1,7 +1,11 @@
 """DDP correctness: 2 gloo processes with a per-device batch of 4 end with the same weights *and memory bank*
 as 1 process with a batch of 8 (the same global batches, thanks to the rank-chunked sampler)."""
+import pytest
+
 from gcmae.train.pretrain import run_pretrain
 from tests.train.helpers import assert_states_close, checkpoint_state, tiny_config
+
+pytestmark = pytest.mark.slow  # real pretraining, slides or subprocesses: skipped by `make test-fast`
 
 
 def test_two_process_ddp_equals_one_process(small_pcam, tmp_path):

@@ -27,6 +27,8 @@ from gcmae.train.pretrain import run_pretrain
 from tests.conftest import REPO, SAMPLES
 from tests.train.helpers import assert_states_close, checkpoint_state, tiny_config
 
+pytestmark = pytest.mark.slow  # real pretraining, slides or subprocesses: skipped by `make test-fast`
+
 EPOCHS = ("optim.epochs=2", "optim.warmup_epochs=1")
 
 KILLED_IN_SAVE = textwrap.dedent("""

@@ -7,6 +7,8 @@ from gcmae.train.pretrain import run_pretrain
 from gcmae.viz.curves import read_metrics
 from tests.train.helpers import tiny_config
 
+pytestmark = pytest.mark.slow  # real pretraining, slides or subprocesses: skipped by `make test-fast`
+
 
 def test_monitor_logs_knn_accuracy(small_pcam, tmp_path):
     run = run_pretrain(tiny_config(small_pcam, tmp_path / "run", "optim.epochs=1", f"monitor.train_dir={small_pcam}",

@@ -8,6 +8,8 @@ from gcmae.train.module import NonFiniteLossError
 from gcmae.train.pretrain import run_pretrain
 from tests.train.helpers import tiny_config
 
+pytestmark = pytest.mark.slow  # real pretraining, slides or subprocesses: skipped by `make test-fast`
+
 
 class PoisonWeights(L.Callback):
     """Injects a NaN into the encoder at the start of epoch 1, batch 2."""

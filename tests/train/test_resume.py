@@ -3,8 +3,12 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from gcmae.train.pretrain import run_pretrain
 from tests.train.helpers import assert_states_close, checkpoint_state, tiny_config
+
+pytestmark = pytest.mark.slow  # real pretraining, slides or subprocesses: skipped by `make test-fast`
 
 KILLED_RUN = textwrap.dedent("""
     import os, signal, sys

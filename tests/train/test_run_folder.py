@@ -11,6 +11,8 @@ from gcmae.config import ConfigError
 from gcmae.train.pretrain import run_pretrain
 from tests.train.helpers import tiny_config
 
+pytestmark = pytest.mark.slow  # real pretraining, slides or subprocesses: skipped by `make test-fast`
+
 
 def _epoch(path) -> int:
     return torch.load(path, map_location="cpu", weights_only=True)["epoch"]

@@ -6,6 +6,8 @@ import pytest
 
 from gcmae.viz.embedding import embedding_figure, map_2d, plot_embedding, subsample, tsne_2d
 
+pytestmark = pytest.mark.slow  # real pretraining, slides or subprocesses: skipped by `make test-fast`
+
 
 def clusters(seed=0):
     rng = np.random.default_rng(seed)
