@@ -23,14 +23,20 @@ FORBIDDEN = {
 
 
 def _imported_subpackages(path: Path) -> set[str]:
+    """gcmae sub-packages imported by a file, in every form: `import gcmae.x`, `from gcmae.x import y`,
+    `from gcmae import x` and relative imports (`from ..x import y`)."""
+    here = ["gcmae", *path.relative_to(PACKAGE).parent.parts]
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
-        names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
-            [node.module] if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 else [])
-        for name in names:
-            parts = name.split(".")
-            if parts[0] == "gcmae" and len(parts) > 1:
-                found.add(parts[1])
+        if isinstance(node, ast.Import):
+            modules = [a.name.split(".") for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = (node.module or "").split(".") if node.level == 0 else \
+                here[: len(here) - node.level + 1] + ([*node.module.split(".")] if node.module else [])
+            modules = [base + [a.name] for a in node.names] if base == ["gcmae"] else [base]
+        else:
+            continue
+        found.update(m[1] for m in modules if m[0] == "gcmae" and len(m) > 1)
     return found
 
 

@@ -18,8 +18,8 @@ def _pretrain(args: argparse.Namespace) -> int:
 
     cfg = load_pretrain_config(args.config, args.overrides)
     last = last_checkpoint(cfg)
-    if args.resume and not last.exists():
-        raise FileNotFoundError(f"--resume: no checkpoint to resume from at {last}")
+    if args.resume and not last.exists() and not any(last.parent.glob("epoch*.ckpt")):
+        raise FileNotFoundError(f"--resume: no checkpoint to resume from in {last.parent}")
     run = run_pretrain(cfg, resume=not args.no_resume)
     print(f"done: {run.num_images} images, outputs in {run.out_dir}")
     return 0

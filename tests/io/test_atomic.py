@@ -39,5 +39,9 @@ def test_atomic_files_get_the_umask_permissions_not_0600(tmp_path):
             save_file({"w": torch.zeros(2)}, str(tmp))
             os.chmod(tmp, 0o600)  # what some writers do
         assert stat.S_IMODE((tmp_path / "w.safetensors").stat().st_mode) == 0o644
+        os.chmod(tmp_path / "w.safetensors", 0o600)  # a file the user made private stays private when rewritten
+        with atomic_path(tmp_path / "w.safetensors") as tmp:
+            save_file({"w": torch.ones(2)}, str(tmp))
+        assert stat.S_IMODE((tmp_path / "w.safetensors").stat().st_mode) == 0o600
     finally:
         os.umask(old)

@@ -41,10 +41,14 @@ def test_other_data_or_architecture_is_refused_and_config_kept(small_pcam, tmp_p
         run_pretrain(tiny_config(moved, out, "optim.epochs=2"))
     with pytest.raises(ConfigError, match=r"model.patch_size was 8, now 16.*trainer.out_dir=<a new folder>"):
         run_pretrain(tiny_config(small_pcam, out, "optim.epochs=2", "model.patch_size=16"))
+    with pytest.raises(ConfigError, match=r"trainer.seed was 0, now 1"):
+        run_pretrain(tiny_config(small_pcam, out, "optim.epochs=2", "trainer.seed=1"))
     assert (out / "config.yaml").read_text() == config_before
     assert _epoch(out / "checkpoints" / "last.ckpt") == 0
-    run = run_pretrain(tiny_config(moved, out, "optim.epochs=2", "trainer.force_resume=true"))
-    assert run.trainer.current_epoch == 2 and _epoch(out / "checkpoints" / "last.ckpt") == 1
+    run_pretrain(tiny_config(f"{small_pcam}/", out, "optim.epochs=2"))  # the same folder spelt another way
+    assert _epoch(out / "checkpoints" / "last.ckpt") == 1
+    run = run_pretrain(tiny_config(moved, out, "optim.epochs=3", "trainer.force_resume=true"))
+    assert run.trainer.current_epoch == 3 and _epoch(out / "checkpoints" / "last.ckpt") == 2
 
 
 def test_a_truncated_last_ckpt_falls_back_to_the_newest_intact_epoch(small_pcam, tmp_path, caplog):

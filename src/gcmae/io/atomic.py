@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import stat
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -20,16 +21,16 @@ def _umask() -> int:
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path next to `path`; on success it is renamed to `path`, on error removed.
 
-    The file gets the permissions a plain `open` would give (0666 minus the umask), whatever the writer used:
-    some writers (safetensors, mkstemp) create 0600 files that colleagues could not read.
+    The file gets the permissions a plain `open` would give (an existing file's mode, else 0666 minus the umask),
+    whatever the writer used: some writers (safetensors, mkstemp) create 0600 files that colleagues could not read.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")  # unique per writer
     try:
         yield tmp
-        if tmp.is_file():
-            os.chmod(tmp, 0o666 & ~_umask())
+        if tmp.is_file():  # an existing file keeps its mode, a new one gets what open() would give it
+            os.chmod(tmp, stat.S_IMODE(path.stat().st_mode) if path.exists() else 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

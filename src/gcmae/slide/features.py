@@ -35,6 +35,7 @@ from gcmae.io.atomic import atomic_path, write_text_atomic
 from gcmae.io.paths import claim, lock_owner, safe_name, sweep_dead_claimers
 from gcmae.io.shared_csv import rewrite_shared_csv
 from gcmae.models.vit import ENCODER_PRESETS
+from gcmae.pretrained import is_pretrained_name
 from gcmae.pretrained import resolve as resolve_pretrained
 from gcmae.slide.bags import FORMAT, FORMAT_VERSION, array_digest, feature_filename, is_complete_features, write_attrs
 from gcmae.slide.coords import COORDS_FILENAME, CoordsFileError, SlideTiles, TileGrid, read_coords_h5
@@ -66,7 +67,9 @@ def encoder_record(encoder: Encoder, checkpoint: str | Path, pool: str, img_size
         stem, ckpt, digest = f"random-{preset}", RANDOM, None
     else:
         weights_id, stem = ident["sha256"], Path(checkpoint).name.split(".")[0]
-        ckpt, digest = str(Path(checkpoint).resolve()), ident["sha256"]
+        # a shipped encoder is recorded by its name (it lives inside the package, wherever that is installed)
+        ckpt = str(checkpoint) if is_pretrained_name(checkpoint) else str(Path(checkpoint).resolve())
+        digest = ident["sha256"]
     short = weights_id.removeprefix("random-")[:8]
     stain = encoder.stain
     tag = safe_name(f"{stem}-{short}-{pool}" + (f"-{encoder.img_size}px" if img_size_given else "")

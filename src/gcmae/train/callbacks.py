@@ -90,8 +90,9 @@ class KeepNewestEpoch(L.Callback):
     def _prune(self, trainer: L.Trainer) -> None:
         if trainer.global_rank != 0:
             return
-        numbered = [(int(p.stem[5:]), p) for p in self.folder.glob("epoch*.ckpt") if p.stem[5:].isdigit()]
-        for _, old in sorted(numbered)[:-1]:
+        # newest by write time, not by number: a --no-resume run into an old folder starts again at epoch000
+        epochs = sorted(self.folder.glob("epoch*.ckpt"), key=lambda p: p.stat().st_mtime_ns)
+        for old in epochs[:-1]:
             old.unlink(missing_ok=True)
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

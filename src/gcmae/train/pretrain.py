@@ -4,6 +4,7 @@ from __future__ import annotations
 import inspect
 import json
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -89,18 +90,29 @@ def write_figures(out_dir: Path, pl_module: PretrainModule, dataset: ImageFolder
                              seed=cfg.trainer.seed)
 
 
-BINDING = ("model", "data.train_dir")  # what a run folder's checkpoint and memory bank are bound to
+# what a run folder's weights and memory bank are bound to: the shapes of the model, the data and the seed
+ARCHITECTURE = ("encoder", "img_size", "patch_size", "decoder_dim", "decoder_depth", "decoder_heads")
+
+
+def _same_folder(a: object, b: object) -> bool:
+    return a == b or (isinstance(a, str) and isinstance(b, str)
+                      and os.path.normpath(os.path.abspath(a)) == os.path.normpath(os.path.abspath(b)))
 
 
 def check_run_folder(out_dir: Path, cfg: PretrainConfig, num_images: int) -> None:
-    """Refuse to resume a run folder with other data or another architecture (the memory bank's indices and the
-    weights would no longer fit); warn about other changes (e.g. more epochs)."""
+    """Refuse to resume a run folder with other data, another architecture or another seed (the memory bank's
+    indices, the weights or the data order would no longer fit); warn about other changes (e.g. more epochs)."""
     saved, report = out_dir / "config.yaml", out_dir / "data_report.json"
     old = (yaml.safe_load(saved.read_text()) or {}) if saved.exists() else {}
     new = to_dict(cfg)
     changed = [f"{s}.{k}" for s in new for k in new[s]
                if s != "trainer" and old and old.get(s, {}).get(k) != new[s][k]]
-    binding = [c for c in changed if c.split(".")[0] in BINDING or c in BINDING]
+    binding = [f"model.{k}" for k in ARCHITECTURE if f"model.{k}" in changed]
+    if old and not _same_folder(old.get("data", {}).get("train_dir"), new["data"]["train_dir"]):
+        binding.append("data.train_dir")
+    if old and old.get("trainer", {}).get("seed", new["trainer"]["seed"]) != new["trainer"]["seed"]:
+        binding.append("trainer.seed")
+    changed = [c for c in changed if c not in binding and c != "data.train_dir"]
     if report.exists():
         before = json.loads(report.read_text()).get("images")
         if before is not None and before != num_images:
@@ -111,7 +123,7 @@ def check_run_folder(out_dir: Path, cfg: PretrainConfig, num_images: int) -> Non
         details = "; ".join(_describe(c, old, new) for c in binding)
         raise ConfigError(f"{out_dir} holds a run trained with other settings: {details}. Start a new run with "
                           f"trainer.out_dir=<a new folder>, or add trainer.force_resume=true to continue this one "
-                          f"anyway (its memory bank then no longer matches the images)")
+                          f"anyway")
     if changed:
         log.warning("resuming with a config that differs from %s in: %s", saved, ", ".join(changed))
 
