@@ -11,6 +11,7 @@ Each result is one JSON file in --out, written atomically and skipped when prese
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import re
@@ -55,7 +56,9 @@ def encoder_features(spec: str, images: torch.Tensor, batch_size: int = 256,
 
 
 def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")[-120:]
+    """A readable file name for an encoder spec; the hash keeps long specs that share an ending apart."""
+    readable = re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")[-80:]
+    return f"{readable}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
 
 
 def probe(specs: list[str], train_dir: str, val_dir: str, out: Path, label: str | None = None,
