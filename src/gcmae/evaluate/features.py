@@ -188,11 +188,20 @@ def feature_key(encoder: Encoder, dataset: ImageFolderDataset, pool: str) -> str
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
-def _cached_excluded(path: Path) -> list[tuple[str, str]]:
+def _cached_manifest(path: Path) -> dict[str, Any]:
+    """The JSON manifest written beside a feature cache ({} when missing or unreadable)."""
+    try:
+        manifest = json.loads(path.with_suffix(".json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return manifest if isinstance(manifest, dict) else {}
+
+
+def _cached_excluded(manifest: dict[str, Any]) -> list[tuple[str, str]]:
     """The unreadable files the cache manifest recorded (excluded from its arrays)."""
     try:
-        return [(str(f), str(r)) for f, r in json.loads(path.with_suffix(".json").read_text()).get("excluded", [])]
-    except (OSError, ValueError, AttributeError, TypeError):
+        return [(str(f), str(r)) for f, r in manifest.get("excluded", [])]
+    except (ValueError, TypeError):
         return []
 
 
@@ -208,14 +217,6 @@ def _read_cache(path: Path, files: list[str], excluded: list[tuple[str, str]]) -
         log.warning("feature cache %s does not match the folder's files; recomputing", path)
         return None
     return arrays
-
-
-def _cached_stain_failed(path: Path) -> int | None:
-    """The stain failure count the cache manifest recorded (None when it cannot be read)."""
-    try:
-        return json.loads(path.with_suffix(".json").read_text()).get("stain_failed")
-    except (OSError, ValueError, AttributeError):
-        return None
 
 
 def _write_cache(path: Path, fs: FeatureSet, manifest: dict[str, Any]) -> None:
@@ -246,7 +247,8 @@ def folder_features(
     cache_path = None
     if cache_dir:
         cache_path = Path(cache_dir) / f"{feature_key(encoder, dataset, pool)}.npz"
-        excluded = _cached_excluded(cache_path) if cache_path.is_file() else []
+        manifest = _cached_manifest(cache_path) if cache_path.is_file() else {}
+        excluded = _cached_excluded(manifest)
         if cache_path.is_file() and (arrays := _read_cache(cache_path, files, excluded)) is not None:
             log.info("features of %s from cache %s", dataset.root, cache_path)
             if excluded:
@@ -254,7 +256,7 @@ def folder_features(
                             dataset.root, len(excluded), ", ".join(f for f, _ in excluded))
             return FeatureSet(torch.from_numpy(arrays["features"]), torch.from_numpy(arrays["labels"]).long(),
                               arrays["classes"].tolist(), arrays["files"].tolist(), dataset.root, cache_path, True,
-                              _cached_stain_failed(cache_path) if encoder.stain else None, rejected + excluded)
+                              manifest.get("stain_failed") if encoder.stain else None, rejected + excluded)
     log.info("embedding %d images of %s (%s, pool %s)", len(dataset), dataset.root, encoder.description, pool)
     model = encoder.model.to(device)
     stain = encoder.stain_step()
