@@ -149,6 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     from gcmae.slide.commands import add_slide_parsers  # extract, tile-classifier, heatmap, mil, diagnose
 
     add_slide_parsers(sub)
+    from gcmae.serve.commands import add_serve_parser  # serve (the web viewer)
+
+    add_serve_parser(sub)
     return parser
 
 
