@@ -48,6 +48,11 @@ class LossConfig:
     z_estimate: str = "first_batch"  # NCE normaliser Z: "first_batch" (official) or "running" (mean over steps)
     z_momentum: float = 0.99  # with z_estimate=running: Z <- m Z + (1 - m) batch estimate
     contrast_warmup_epochs: float = 0.0  # ramp the contrast weight linearly from 0 over these epochs
+    # What the masked view is contrasted with: "memory_bank" (official GCMAE: NPID bank, objective/z_* apply) or
+    # "two_view" (a variant: a second augmented, independently masked view of the same batch; SimCLR's NT-Xent
+    # over the batch, no bank; needs data.in_memory).
+    contrast: str = "memory_bank"
+    projection_dim: int = 0  # > 0: a 2-layer MLP head (embed -> 512 -> this) before the contrast; 0: none (official)
 
 
 @dataclass
@@ -128,6 +133,12 @@ class PretrainConfig:
             raise ConfigError(f"loss.negatives must be 'per_sample' or 'shared', got {self.loss.negatives!r}")
         if self.loss.objective not in ("nce", "infonce"):
             raise ConfigError(f"loss.objective must be 'nce' or 'infonce', got {self.loss.objective!r}")
+        if self.loss.contrast not in ("memory_bank", "two_view"):
+            raise ConfigError(f"loss.contrast must be 'memory_bank' or 'two_view', got {self.loss.contrast!r}")
+        if self.loss.contrast == "two_view" and not self.data.in_memory:
+            raise ConfigError("loss.contrast=two_view augments tensor batches twice: set data.in_memory=true")
+        if self.loss.projection_dim < 0:
+            raise ConfigError(f"loss.projection_dim must be >= 0, got {self.loss.projection_dim}")
         if self.loss.z_estimate not in ("first_batch", "running"):
             raise ConfigError(f"loss.z_estimate must be 'first_batch' or 'running', got {self.loss.z_estimate!r}")
         if (self.data.rotate90 or self.data.stain_jitter) and not self.data.in_memory:

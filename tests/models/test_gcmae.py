@@ -92,3 +92,32 @@ def test_same_seed_same_losses():
     b = tiny().training_losses(torch.ones(2, 3, 32, 32), torch.tensor([0, 1]), seed=7)["loss"]
     c = tiny().training_losses(torch.ones(2, 3, 32, 32), torch.tensor([0, 1]), seed=8)["loss"]
     assert a.item() == b.item() and a.item() != c.item()
+
+
+def test_two_view_contrast_pairs_the_views_and_leaves_the_bank_alone():
+    model = tiny(contrast="two_view", contrast_weight=0.5, temperature=0.2, projection_dim=16)
+    imgs, idx = torch.randn(4, 3, 32, 32), torch.tensor([0, 5, 6, 19])
+    view2 = imgs.flip(-1)
+    before = model.bank.memory.clone()
+    losses = model.training_losses(imgs, idx, seed=1, second_view=view2)
+    assert set(losses) == {"loss", "loss_rec", "loss_nce", "stat_sim_pos"}
+    assert torch.allclose(losses["loss"], losses["loss_rec"] + 0.5 * losses["loss_nce"])
+    # the reconstruction term is the mean over both views, each masked with its own noise
+    single = tiny(contrast_weight=0.0).training_losses(imgs, idx, seed=1)["loss_rec"]
+    assert not torch.isclose(losses["loss_rec"], single)
+    losses["loss"].backward()
+    assert model.projector[0].weight.grad is not None
+    model.bank.flush()
+    assert torch.equal(model.bank.memory, before)
+
+
+def test_two_view_needs_a_second_view():
+    with pytest.raises(ValueError, match="second_view"):
+        tiny(contrast="two_view").training_losses(torch.randn(2, 3, 32, 32), torch.tensor([0, 1]), seed=0)
+
+
+def test_projection_head_sets_the_bank_width():
+    model = tiny(projection_dim=16)
+    assert model.bank.memory.shape == (20, 16)
+    model.training_losses(torch.randn(2, 3, 32, 32), torch.tensor([0, 1]), seed=0)["loss"].backward()
+    assert model.projector[2].weight.grad is not None

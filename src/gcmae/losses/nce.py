@@ -3,7 +3,8 @@
 NCE of NPID (Wu et al. 2018, eqs. 4-6), which GCMAE uses unchanged (Quan et al. 2024, Sec. 3.3, eqs. 5-7):
 P(i|v) = exp(v_i . v / T) / Z over the memory bank, h(i, v) = P(i|v) / (P(i|v) + K P_n(i)) with uniform noise
 P_n = 1/N, and the loss -E[log h(pos)] - K E[log(1 - h(neg))]. InfoNCE (van den Oord et al. 2018) is offered as a
-variant (`loss.objective=infonce`); it needs no normaliser Z.
+variant (`loss.objective=infonce`); it needs no normaliser Z. NT-Xent (SimCLR, Chen et al. 2020, eq. 1) serves the
+two-view variant (`loss.contrast=two_view`), where each image's other view is its positive.
 """
 from __future__ import annotations
 
@@ -30,3 +31,14 @@ def info_nce_loss(similarities: torch.Tensor, temperature: float) -> torch.Tenso
     similarities (B, 1 + K), column 0 the positive: mean of -log softmax(s / T)[0]. Needs no normaliser Z."""
     logits = similarities.float() / temperature
     return (torch.logsumexp(logits, dim=1) - logits[:, 0]).mean()
+
+
+def nt_xent_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
+    """SimCLR's NT-Xent for two views (B, D) of the same B images, L2-normalised: each of the 2B embeddings is
+    scored against the other 2B - 1, its positive being the other view of its image; mean of -log softmax."""
+    z = torch.cat([z1, z2]).float()
+    logits = z @ z.t() / temperature
+    logits.fill_diagonal_(float("-inf"))
+    b = z1.shape[0]
+    partner = torch.cat([torch.arange(b, 2 * b), torch.arange(b)]).to(z.device)
+    return torch.nn.functional.cross_entropy(logits, partner)

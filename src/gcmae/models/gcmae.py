@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import Block
 
 from gcmae.config import PretrainConfig
-from gcmae.losses.nce import info_nce_loss, nce_loss
+from gcmae.losses.nce import info_nce_loss, nce_loss, nt_xent_loss
 from gcmae.losses.reconstruction import masked_reconstruction_loss, patchify, unpatchify
 from gcmae.models.memory_bank import MemoryBank
 from gcmae.models.masking import random_masking
@@ -80,6 +80,8 @@ class GCMAE(nn.Module):
         objective: str = "nce",
         z_estimate: str = "first_batch",
         z_momentum: float = 0.99,
+        contrast: str = "memory_bank",
+        projection_dim: int = 0,
     ) -> None:
         super().__init__()
         self.encoder = create_encoder(encoder, img_size, patch_size, drop_path)
@@ -89,9 +91,15 @@ class GCMAE(nn.Module):
         self.decoder = MAEDecoder(self.encoder.embed_dim, num_patches, patch_size, decoder_dim, decoder_depth, decoder_heads)
         if objective not in ("nce", "infonce"):
             raise ValueError(f"objective must be 'nce' or 'infonce', got {objective!r}")
-        self.bank = MemoryBank(num_data, self.encoder.embed_dim, num_negatives, temperature, bank_momentum, negatives,
+        if contrast not in ("memory_bank", "two_view"):
+            raise ValueError(f"contrast must be 'memory_bank' or 'two_view', got {contrast!r}")
+        d = self.encoder.embed_dim
+        self.projector = (nn.Sequential(nn.Linear(d, 512), nn.GELU(), nn.Linear(512, projection_dim))
+                          if projection_dim > 0 else None)
+        self.bank = MemoryBank(num_data, projection_dim or d, num_negatives, temperature, bank_momentum, negatives,
                                z_estimate, z_momentum)
         self.objective = objective
+        self.contrast = contrast
         self.patch_size = patch_size
         self.mask_ratio = mask_ratio
         self.norm_pix_loss = norm_pix_loss
@@ -137,13 +145,19 @@ class GCMAE(nn.Module):
         embedding = F.normalize(latent.mean(dim=1), dim=1)
         return GCMAEOutput(latent, mask, ids_restore, pred, embedding)
 
+    def contrast_features(self, embedding: torch.Tensor) -> torch.Tensor:
+        """What the contrast term scores: the embedding, or its projection (renormalised) when there is a head."""
+        return embedding if self.projector is None else F.normalize(self.projector(embedding), dim=1)
+
     def training_losses(
         self, imgs: torch.Tensor, indices: torch.Tensor, seed: int, rank: int = 0, world_size: int = 1,
-        contrast_scale: float = 1.0,
+        contrast_scale: float = 1.0, second_view: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """One step's losses (and `stat_*` diagnostics of the contrast term); updates the memory bank.
 
         `contrast_scale` multiplies the contrast weight (a ramp-up schedule); the bank is updated whatever it is.
+        With `contrast="two_view"`, `second_view` is a second augmentation of the same images: it is masked
+        independently, both views are reconstructed (the loss is their mean) and NT-Xent pairs them; no bank.
 
         The masking noise and the negatives are drawn for the *global* batch from generators seeded by `seed`
         and each rank takes its slice, so a run is identical whatever the number of processes, and resumes exactly.
@@ -153,15 +167,27 @@ class GCMAE(nn.Module):
         noise_all = torch.rand(b * world_size, num_patches, generator=step_generator(seed, 0))
         noise = noise_all[rank * b : (rank + 1) * b].to(imgs.device)
         out = self(imgs, noise)
+        views = [(imgs, out)]
+        if self.contrast == "two_view":
+            if second_view is None or second_view.shape != imgs.shape:
+                raise ValueError("contrast='two_view' needs a second_view of the same shape as imgs")
+            noise2 = torch.rand(b * world_size, num_patches, generator=step_generator(seed, 4))
+            views.append((second_view, self(second_view, noise2[rank * b : (rank + 1) * b].to(imgs.device))))
         losses: dict[str, torch.Tensor] = {}
         total = imgs.new_zeros(())
         if out.pred is not None:
-            target = patchify(imgs, self.patch_size)
-            losses["loss_rec"] = masked_reconstruction_loss(out.pred, target, out.mask, self.norm_pix_loss)
+            rec = [masked_reconstruction_loss(o.pred, patchify(x, self.patch_size), o.mask, self.norm_pix_loss)
+                   for x, o in views]
+            losses["loss_rec"] = torch.stack(rec).mean()
             total = total + self.reconstruction_weight * losses["loss_rec"]
-        if self.contrast_weight > 0:
+        if self.contrast_weight > 0 and self.contrast == "two_view":
+            z1, z2 = (self.contrast_features(o.embedding) for _, o in views)
+            losses["loss_nce"] = nt_xent_loss(z1, z2, self.bank.temperature)
+            losses["stat_sim_pos"] = (z1 * z2).sum(1).detach().mean()
+            total = total + self.contrast_weight * contrast_scale * losses["loss_nce"]
+        elif self.contrast_weight > 0:
             negatives = self.bank.sample_negatives(b, step_generator(seed, 1), rank, world_size)
-            sims = self.bank.similarities(out.embedding, indices, negatives)
+            sims = self.bank.similarities(self.contrast_features(out.embedding), indices, negatives)
             if self.objective == "infonce":
                 losses["loss_nce"] = info_nce_loss(sims, self.bank.temperature)
             else:
@@ -172,7 +198,7 @@ class GCMAE(nn.Module):
             losses["stat_sim_pos"] = sims[:, 0].detach().mean()
             losses["stat_sim_neg"] = sims[:, 1:].detach().mean()
             total = total + self.contrast_weight * contrast_scale * losses["loss_nce"]
-            self.bank.update(out.embedding.detach(), indices)
+            self.bank.update(self.contrast_features(out.embedding).detach(), indices)
         losses["loss"] = total
         return losses
 

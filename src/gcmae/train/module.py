@@ -41,10 +41,13 @@ class PretrainModule(L.LightningModule):
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         imgs, _, indices = batch
         seed = derive_seed(self.cfg.trainer.seed, self.current_epoch, batch_idx)
+        second_view = None
         if self.augment is not None:
+            if self.cfg.loss.contrast == "two_view":
+                second_view = self.augment(imgs, step_generator(seed, 3))
             imgs = self.augment(imgs, step_generator(seed, 2))
         losses = self.model.training_losses(imgs, indices, seed, self.global_rank, self.trainer.world_size,
-                                            self.contrast_scale())
+                                            self.contrast_scale(), second_view)
         if not torch.isfinite(losses["loss"]):
             detail = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
             raise NonFiniteLossError(
