@@ -13,7 +13,7 @@ import lightning as L
 import torch
 import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.strategies import DDPStrategy, Strategy
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
@@ -28,6 +28,7 @@ from gcmae.train.callbacks import (AtomicCheckpointIO, KeepNewestEpoch, KNNMonit
                                    last_checkpoint_in)
 from gcmae.train.module import PretrainModule
 from gcmae.train.precision import cpu_name, resolve_precision
+from gcmae.train.progress import progress_callbacks
 from gcmae.viz.curves import metrics_files, plot_curves
 from gcmae.viz.reconstruction import plot_reconstructions
 
@@ -198,12 +199,18 @@ def run_pretrain(cfg: PretrainConfig, resume: bool = True, extra_callbacks: Sequ
             t.accelerator == "cpu" or not torch.cuda.is_available()):
         log.warning("trainer.precision=%s on a CPU (%s): bf16 is much slower than fp32 on CPUs without bf16 "
                     "instructions; trainer.precision=auto measures which is faster here", t.precision, cpu_name())
+    progress, show_bar = progress_callbacks(t.progress_bar)
+    # a short epoch logs at least once (Lightning warns when an epoch has fewer batches than the interval)
+    processes = (t.devices if isinstance(t.devices, int) else 1) * t.num_nodes
+    log_every = max(1, min(t.log_every_n_steps, len(dataset) // (d.batch_size * processes)))
+    # metrics.csv for plots and scripts; TensorBoard event files beside it (`tensorboard --logdir <out_dir>/logs`)
+    loggers = [CSVLogger(out_dir, name="", version="logs"), TensorBoardLogger(out_dir / "logs", name="", version="tensorboard")]
     trainer = L.Trainer(
         default_root_dir=out_dir, max_epochs=cfg.optim.epochs, accelerator=t.accelerator, devices=t.devices,
         num_nodes=t.num_nodes, strategy=make_strategy(cfg), precision=choice.precision,
-        accumulate_grad_batches=cfg.optim.accumulate_grad_batches, log_every_n_steps=t.log_every_n_steps,
-        deterministic=t.deterministic, enable_progress_bar=t.progress_bar, logger=CSVLogger(out_dir, name="", version="logs"),
-        callbacks=[*callbacks, *extra_callbacks], plugins=[AtomicCheckpointIO()], use_distributed_sampler=False,
+        accumulate_grad_batches=cfg.optim.accumulate_grad_batches, log_every_n_steps=log_every,
+        deterministic=t.deterministic, enable_progress_bar=show_bar, logger=loggers,
+        callbacks=[*callbacks, *progress, *extra_callbacks], plugins=[AtomicCheckpointIO()], use_distributed_sampler=False,
         limit_val_batches=0, num_sanity_val_steps=0, enable_model_summary=False,
     )
     trainer.fit(module, datamodule=PretrainData(dataset, cfg), ckpt_path=ckpt_path)
