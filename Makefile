@@ -18,10 +18,19 @@ $(STAMP): pyproject.toml Makefile
 
 install: $(STAMP)
 
+# The browser test of `gcmae serve` (tests/serve/test_browser.py) drives Debian's Chromium through Playwright
+# (never `playwright install`: it downloads browsers). Installed here when missing; without apt-get the test skips.
+CHROMIUM := /usr/bin/chromium
+$(CHROMIUM):
+	@if command -v apt-get >/dev/null 2>&1; then \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	    || echo "could not install chromium with apt-get (not root?): the browser test will fail; install it"; \
+	else echo "no apt-get here: chromium not installed, the browser test will be skipped"; fi
+
 demo: $(STAMP)
 	$(VENV)/bin/gcmae demo --out runs/demo
 
-test: $(STAMP)
+test: $(STAMP) $(CHROMIUM)
 	$(PY) -m pytest -q
 
 # the edit loop: everything not marked slow (under a minute); `make test` (and CI) still runs everything

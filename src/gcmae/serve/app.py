@@ -191,6 +191,7 @@ def create_app(job_dir: str | Path, cache_tiles: int = 4096) -> Starlette:
         srv.tiles.close()
 
     app = Starlette(routes=routes, exception_handlers={HTTPException: not_found}, lifespan=lifespan)
+    app.router.redirect_slashes = False  # no redirects to guessed paths: a path is a route or a 404
     app.state.server = srv
     return app
 
