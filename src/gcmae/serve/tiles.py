@@ -102,7 +102,11 @@ class DeepZoomSource:
         cols, rows = gen.level_tiles[level]
         if not (0 <= col < cols and 0 <= row < rows):
             raise TileNotFound(f"tile {col}_{row} of level {level} (it has {cols} x {rows})")
-        image = gen.get_tile(level, (col, row))
+        if isinstance(self._generators[path][0], openslide.ImageSlide):
+            with self._lock:  # one PIL image shared by the request threads (its lazy load is not thread-safe)
+                image = gen.get_tile(level, (col, row))
+        else:
+            image = gen.get_tile(level, (col, row))  # OpenSlide reads are thread-safe
         buf = io.BytesIO()
         image.convert("RGB").save(buf, "JPEG", quality=JPEG_QUALITY)
         data = buf.getvalue()
