@@ -93,15 +93,16 @@ def sync(device: torch.device) -> None:
 
 @torch.no_grad()
 def bare_rate(model, device: torch.device, args: argparse.Namespace, n_batches: int) -> float:
+    from gcmae.encoders.embed import embed
     from gcmae.slide.features import autocast
 
     x = torch.randn(args.batch_size, 3, args.img_size, args.img_size, device=device)
     with autocast(device, args.precision):
-        model.embed(x, "cls")
+        embed(model, x, "cls")
         sync(device)
         t0 = time.perf_counter()
         for _ in range(n_batches):
-            model.embed(x, "cls")
+            embed(model, x, "cls")
         sync(device)
     return n_batches * args.batch_size / (time.perf_counter() - t0)
 
@@ -110,6 +111,7 @@ def bare_rate(model, device: torch.device, args: argparse.Namespace, n_batches: 
 def loader_rate(data, model, device: torch.device, args: argparse.Namespace, workers: int) -> tuple[float, float]:
     """(steady tiles/s from the first batch on, tiles/s including worker start-up) of the extract path; with
     model None, of the reading alone."""
+    from gcmae.encoders.embed import embed
     from gcmae.slide.features import autocast
 
     loader = DataLoader(data, batch_size=args.batch_size, num_workers=workers, pin_memory=device.type == "cuda",
@@ -119,7 +121,7 @@ def loader_rate(data, model, device: torch.device, args: argparse.Namespace, wor
     for imgs, _ in loader:
         if model is not None:
             with autocast(device, args.precision):
-                model.embed(imgs.to(device, non_blocking=True), "cls").float().cpu()
+                embed(model, imgs.to(device, non_blocking=True), "cls").float().cpu()
         n += len(imgs)
         if t_first is None:
             t_first = time.perf_counter()
@@ -134,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     device = benchmark_device("extraction.py", args.device, args.threads)
     if device is None:
         return 0
-    from gcmae.evaluate.features import load_encoder
+    from gcmae.encoders.loading import load_encoder
 
     encoder = load_encoder("random", args.encoder, args.img_size, 16)
     model = encoder.model.to(device).eval()

@@ -57,7 +57,7 @@ def mean_pool_baseline(bag_dir: Path, test_dir: Path, seed: int) -> tuple[float,
     """(AUC, balanced accuracy) of logistic regression on each bag's mean feature."""
     from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
-    from gcmae.evaluate.linprobe import fit_logistic_probe
+    from gcmae.scoring.probe import fit_logistic_probe
     from gcmae.slide.bags import find_bags, load_bag, read_labels_csv
 
     def xy(folder: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -75,7 +75,7 @@ def mean_pool_baseline(bag_dir: Path, test_dir: Path, seed: int) -> tuple[float,
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     benchmark_device("mil_proxy.py", "cpu", args.threads)  # CPU only: never None
-    from gcmae.evaluate.features import load_encoder
+    from gcmae.encoders.loading import load_encoder
     from gcmae.slide.proxy import ProxySpec, run_proxy
 
     t0 = time.perf_counter()

@@ -71,14 +71,15 @@ def main(argv: list[str] | None = None) -> int:
     device = benchmark_device("stain.py", args.device, args.threads)
     if device is None:
         return 0
-    from gcmae.evaluate.features import RANDOM, load_encoder
+    from gcmae.encoders.embed import embed
+    from gcmae.encoders.loading import RANDOM, load_encoder
     from gcmae.stain import StainNormalizer
 
     encoder = load_encoder(RANDOM, args.encoder, 224, 16)
     model = encoder.model.to(device).eval()
     x = real_batch(args.batch_size, encoder.mean, encoder.std).to(device)
     norms = {m: StainNormalizer.fit(None, m) for m in ("macenko", "reinhard")}
-    steps = {"encoder": lambda: model.embed(x, "cls"),
+    steps = {"encoder": lambda: embed(model, x, "cls"),
              **{f"stain {m}": (lambda n=n: n.normalize_encoder_input(x, encoder.mean, encoder.std))
                 for m, n in norms.items()}}
     with torch.no_grad():

@@ -15,7 +15,7 @@ import argparse
 import shutil
 from pathlib import Path
 
-from gcmae.evaluate.features import load_encoder
+from gcmae.encoders.loading import load_encoder
 from gcmae.slide.diagnose import DiagnoseOptions, diagnose
 from gcmae.slide.features import encoder_record
 from gcmae.slide.proxy import ProxySpec, run_proxy

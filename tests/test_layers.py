@@ -1,4 +1,5 @@
-"""Imports run one way: the core (config, models, losses, data, io) never imports the rooms built on it."""
+"""Imports run one way: the core (config, models, losses, data, io) never imports what is built on it; encoders/
+and scoring/ sit under the rooms (train, evaluate, slide), and no room imports evaluate/ or slide/."""
 from __future__ import annotations
 
 import ast
@@ -7,18 +8,26 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "gcmae"
-ABOVE_CORE = {"train", "evaluate", "slide", "experiments", "viz", "cli", "demo"}
+ABOVE_CORE = {"encoders", "scoring", "train", "evaluate", "slide", "experiments", "viz", "cli", "demo"}
+ROOMS = {"train", "evaluate", "slide", "experiments", "cli", "demo"}
 # package -> sub-packages it must not import
 FORBIDDEN = {
     "config": ABOVE_CORE | {"io", "models", "data"},
+    "device": ABOVE_CORE | {"io", "models", "data"},
     "losses": ABOVE_CORE | {"io", "models", "data"},
     "models": ABOVE_CORE | {"io", "data"},
     "data": ABOVE_CORE | {"models"},
     "io": ABOVE_CORE,
     "stain": ABOVE_CORE,
     "pretrained": ABOVE_CORE | {"io"},
-    "train": {"slide", "experiments", "cli", "demo"},
-    "evaluate": {"slide", "experiments", "cli", "demo"},
+    "viz": ROOMS | {"encoders", "scoring"},
+    # the layer under the rooms: encoders and their features; kNN, the probe, metrics and reports
+    "encoders": ROOMS | {"scoring", "viz"},
+    "scoring": ROOMS | {"encoders"},
+    # the rooms: none imports another (experiments and the commands compose them)
+    "train": ROOMS - {"train"},
+    "evaluate": ROOMS - {"evaluate", "train"},
+    "slide": ROOMS - {"slide"},
 }
 
 

@@ -10,13 +10,14 @@ from pathlib import Path
 import torch
 
 from gcmae.config import load_pretrain_config
-from gcmae.evaluate.features import load_encoder
+from gcmae.demo_slides import slide_layers
+from gcmae.encoders.loading import load_encoder
 from gcmae.evaluate.knn_report import KNNResult, knn_on_folders
 from gcmae.io.atomic import write_text_atomic
 from gcmae.models.gcmae import GCMAE
 from gcmae.pretrained import available as available_pretrained
 from gcmae.slide.batch import tile_slides
-from gcmae.train.pretrain import run_pretrain
+from gcmae.train.pretrain import last_checkpoint, run_pretrain
 from gcmae.viz.curves import read_metrics
 
 log = logging.getLogger(__name__)
@@ -29,23 +30,23 @@ def run_demo(config: str | Path, out_dir: str | Path, data_root: str | Path = "d
     started = time.time()
     timings: dict[str, float] = {}
 
-    log.info("1/4 tiling the shipped slides")
+    log.info("1/5 tiling the shipped slides")
     t0 = time.time()
     tiling = tile_slides(data_root / "slides", out_dir / "tiles", tile_size=224, mpp=None, min_tissue=0.5,
                          export_png=True)
     timings["tiling_s"] = time.time() - t0
 
-    log.info("2/4 pretraining GCMAE")
+    log.info("2/5 pretraining GCMAE")
     t0 = time.time()
     cfg = load_pretrain_config(config, [f"trainer.out_dir={out_dir / 'pretrain'}", *(overrides or [])])
     run = run_pretrain(cfg)
     timings["pretrain_s"] = time.time() - t0
 
-    log.info("3/4 kNN evaluation (trained, the shipped pretrained encoder, and random init)")
+    log.info("3/5 kNN evaluation (trained, the shipped pretrained encoder, and random init)")
     t0 = time.time()
-    model = run.module.model.cpu().eval()
+    model = run.module.model.cpu().eval().encoder
     torch.manual_seed(cfg.trainer.seed)
-    random_init = GCMAE.from_config(cfg, run.num_images).eval()
+    random_init = GCMAE.from_config(cfg, run.num_images).eval().encoder
     pcam, crc = data_root / "pcam", data_root / "crc-val-he-7k"
     m, d = cfg.model, cfg.data
     encoders = [("gcmae", model, m.img_size, d.mean, d.std)]
@@ -65,7 +66,13 @@ def run_demo(config: str | Path, out_dir: str | Path, data_root: str | Path = "d
             results += [{"model": name, **asdict(r)} for r in tasks]
     timings["knn_s"] = time.time() - t0
 
-    log.info("4/4 writing the summary")
+    log.info("4/5 slide layers for gcmae serve: features, a PCam tile classifier's heatmap, ABMIL attention")
+    t0 = time.time()
+    checkpoint = last_checkpoint(cfg)
+    layers = slide_layers(load_encoder(checkpoint), checkpoint, out_dir / "tiles", pcam, out_dir / "slide_models")
+    timings["slide_layers_s"] = time.time() - t0
+
+    log.info("5/5 writing the summary")
     timings["total_s"] = time.time() - started
     metrics = {"knn": results, "timings": timings, "tiling": {
         "slides_done": tiling.slides_done, "slides_skipped": tiling.slides_skipped,
@@ -73,6 +80,7 @@ def run_demo(config: str | Path, out_dir: str | Path, data_root: str | Path = "d
         "train_images": run.num_images, "rejected_images": len(run.rejected),
         "epochs": cfg.optim.epochs}
     metrics["losses"] = _epoch_losses(out_dir / "pretrain" / "logs")
+    metrics["slide_layers"] = layers
     write_text_atomic(out_dir / "metrics.json", json.dumps(metrics, indent=2))
     write_text_atomic(out_dir / "summary.md", _summary(cfg, metrics, out_dir))
     return metrics
@@ -129,6 +137,10 @@ What ran (config `{cfg.trainer.out_dir}/config.yaml`):
    from scratch on {metrics['train_images']} PCam patches for {metrics['epochs']} epochs in {t['pretrain_s']:.0f} s -> `pretrain/`.
 3. Weighted kNN (T = 0.07) and 1-NN on frozen features: the trained model, the shipped pretrained encoder(s)
    and the same network at random init, in {t['knn_s']:.0f} s.
+4. Slide layers for the viewer, with the trained encoder (mean pool): features of every kept tile, a PCam
+   tumour-vs-normal tile classifier's heatmap and ABMIL (trained on PCam proxy bags) attention and slide
+   predictions, in {t['slide_layers_s']:.0f} s -> `tiles/<slide>/`, `tiles/abmil/`, `slide_models/`. Look at them:
+   `gcmae serve {out_dir / 'tiles'}`. The slides are not lymph node: the layers show the tools, not a finding.
 
 Total: {t['total_s']:.0f} s.
 

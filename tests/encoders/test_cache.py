@@ -7,20 +7,21 @@ import pytest
 import torch
 from PIL import Image
 
-from gcmae.evaluate.features import folder_features, load_encoder
-from tests.evaluate.conftest import save_state
+from gcmae.encoders.cache import folder_features
+from gcmae.encoders.loading import load_encoder
+from tests.conftest import save_state
 
 pytestmark = pytest.mark.slow  # real pretraining, slides or subprocesses: skipped by `make test-fast`
 
 
 @pytest.fixture()
 def count_embeds(monkeypatch):
-    """Counts calls of GCMAE.embed (the model's forward for features) in this test."""
-    from gcmae.models.gcmae import GCMAE
+    """Counts calls of `gcmae.encoders.embed.embed` (the encoder's forward for features) in this test."""
+    from gcmae.encoders import embed
 
     calls = []
-    original = GCMAE.embed
-    monkeypatch.setattr(GCMAE, "embed", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+    original = embed.embed
+    monkeypatch.setattr(embed, "embed", lambda *a, **k: calls.append(1) or original(*a, **k))
     return calls
 
 
@@ -58,7 +59,7 @@ def test_folder_and_pool_changes_invalidate(tmp_path, pcam_pair, timm_encoder, c
     from gcmae.data.transforms import eval_transform
 
     with torch.no_grad():
-        tokens = encoder.model.encoder.forward_features(eval_transform(32, encoder.mean, encoder.std)(first)[None])
+        tokens = encoder.model.forward_features(eval_transform(32, encoder.mean, encoder.std)(first)[None])
     assert torch.allclose(cls.features[0], tokens[0, 0], atol=1e-5)
     assert torch.allclose(mean.features[0], tokens[0, 1:].mean(0), atol=1e-5)
 
@@ -94,8 +95,8 @@ def test_corrupt_cache_file_is_recomputed(tmp_path, pcam_pair, timm_encoder):
 
 def test_random_init_is_seeded():
     a, b, c = (load_encoder("random", "vit_tiny", 32, 8, seed=s) for s in (0, 0, 1))
-    assert torch.equal(a.model.encoder.blocks[0].attn.qkv.weight, b.model.encoder.blocks[0].attn.qkv.weight)
-    assert not torch.equal(a.model.encoder.blocks[0].attn.qkv.weight, c.model.encoder.blocks[0].attn.qkv.weight)
+    assert torch.equal(a.model.blocks[0].attn.qkv.weight, b.model.blocks[0].attn.qkv.weight)
+    assert not torch.equal(a.model.blocks[0].attn.qkv.weight, c.model.blocks[0].attn.qkv.weight)
     assert a.identity == b.identity != c.identity
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from gcmae.cli import build_parser, main
 from gcmae.evaluate.options import KNNOptions, LinprobeOptions, resolve_options
-from tests.evaluate.conftest import save_state
+from tests.conftest import save_state
 
 pytestmark = pytest.mark.slow  # real pretraining, slides or subprocesses: skipped by `make test-fast`
 

@@ -12,7 +12,7 @@ import torch
 from gcmae.cli import main
 from gcmae.evaluate.finetune import run_finetune
 from gcmae.evaluate.options import FinetuneOptions
-from tests.evaluate.conftest import copy_subset
+from tests.conftest import copy_subset
 
 pytestmark = pytest.mark.slow  # real pretraining, slides or subprocesses: skipped by `make test-fast`
 

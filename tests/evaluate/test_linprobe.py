@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from gcmae.evaluate.linprobe import fit_logistic_probe, probe_probabilities
 from gcmae.evaluate.linprobe_paper import LARS_MOMENTUM, LARS_TRUST, LinearProbe, build_lars
+from gcmae.scoring.probe import fit_logistic_probe, probe_probabilities
 
 
 def blobs(n_per_class: int, num_classes: int, dim: int, seed: int, noise_seed: int):

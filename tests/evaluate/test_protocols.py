@@ -6,7 +6,7 @@ import pytest
 import torch
 from sklearn.model_selection import StratifiedKFold
 
-from gcmae.evaluate.features import FeatureSet
+from gcmae.encoders.cache import FeatureSet
 from gcmae.evaluate.protocols import EvalSet, ProtocolSettings, evaluate_features, result_rows
 
 

@@ -8,7 +8,8 @@ import pytest
 from gcmae.cli import main
 from gcmae.config import ConfigError
 from gcmae.data.datasets import EmptyDatasetError
-from gcmae.evaluate import features, transfer
+from gcmae.encoders import loading
+from gcmae.evaluate import transfer
 from gcmae.evaluate.protocols import EvalSet, ProtocolSettings
 from gcmae.evaluate.transfer import EvalConfig, ModelSpec, TransferConfig, run_transfer
 
@@ -56,8 +57,8 @@ def test_rows_for_every_model_set_and_protocol_and_reuse(tmp_path, pcam_pair, cr
     assert metrics.stat().st_mtime_ns == before  # reused, not recomputed
     cfg.eval.knn_k = (3,)  # other settings: evaluated again
     hashed = []
-    for module in (transfer, features):
-        monkeypatch.setattr(module, "file_digest", lambda p, real=features.file_digest: hashed.append(p) or real(p))
+    for module in (transfer, loading):
+        monkeypatch.setattr(module, "file_digest", lambda p, real=loading.file_digest: hashed.append(p) or real(p))
     assert {r["protocol"] for r in run_transfer(cfg)} == {"knn_k3", "nn1", "logreg"}
     assert metrics.stat().st_mtime_ns != before
     assert hashed == [str(trained_checkpoint)]  # the checkpoint is read once to hash it, not once per use
@@ -117,7 +118,7 @@ def test_class_sizes_are_checked_against_the_folds_before_anything_is_embedded(t
     for f in sorted((small / "LYM").iterdir())[2:]:
         f.unlink()  # LYM keeps 2 tiles
     loaded = []
-    monkeypatch.setattr(transfer, "load_encoder", lambda *a, **k: loaded.append(a) or features.load_encoder(*a, **k))
+    monkeypatch.setattr(transfer, "load_encoder", lambda *a, **k: loaded.append(a) or loading.load_encoder(*a, **k))
     base = ["transfer", "--checkpoint", "random", "--encoder", "vit_tiny", "--img-size", "32", "--patch-size", "8",
             "--eval", f"crc={small}", "--cache-dir", "", "--device", "cpu"]
     assert main([*base, "--out", str(tmp_path / "a")]) == 2

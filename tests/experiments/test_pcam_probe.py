@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 
 from gcmae.experiments.pcam_probe import probe, table
-from tests.evaluate.conftest import copy_subset
+from tests.conftest import copy_subset
 
 
 def test_probe_writes_resumes_and_tabulates(samples, tmp_path):

@@ -95,7 +95,7 @@ def test_model_card_from_the_run_config_and_metrics(trained_checkpoint, tmp_path
 def test_fp16_export_is_half_the_size_and_loads_by_name(trained_checkpoint, tmp_path, monkeypatch):
     """A shipped encoder is an fp16 export under gcmae/weights/NAME: loadable by name wherever a checkpoint is."""
     import gcmae.pretrained
-    from gcmae.evaluate.features import load_encoder
+    from gcmae.encoders.loading import load_encoder
 
     full = export_encoder(trained_checkpoint, tmp_path / "full")
     weights = tmp_path / "weights"
@@ -111,7 +111,7 @@ def test_fp16_export_is_half_the_size_and_loads_by_name(trained_checkpoint, tmp_
         by_name = from_pretrained("tiny-test")
         assert next(by_name.parameters()).dtype == torch.float32
         torch.testing.assert_close(by_name.forward_features(x), ref, atol=2e-2, rtol=2e-2)
-        via_loader = load_encoder("tiny-test").model.encoder.eval().forward_features(x)
+        via_loader = load_encoder("tiny-test").model.eval().forward_features(x)
         torch.testing.assert_close(via_loader, by_name.forward_features(x))
     (tmp_path / "tiny-test").mkdir()  # a folder of that name in the working directory wins over the shipped one
     assert gcmae.pretrained.resolve("tiny-test") == Path("tiny-test")

@@ -1,8 +1,10 @@
 import math
 
+import pytest
 import torch
 
-from gcmae.evaluate.knn import knn_accuracy, knn_predict, knn_probabilities
+from gcmae.scoring.knn import (knn_accuracy, knn_methods, knn_predict, knn_probabilities, vote_accuracy,
+                              vote_probabilities)
 
 
 def brute_force(train, train_y, query, num_classes, k, t, exclude_self=False):
@@ -57,3 +59,34 @@ def test_knn_probabilities_by_hand():
     # k larger than the training set: all three vote (the 90° point with e^0 = 1)
     probs = knn_probabilities(train, torch.tensor([0, 1, 1]), torch.tensor([[3.0, 0.0]]), 2, k=50, temperature=1.0)
     assert torch.allclose(probs, torch.tensor([[e / (e + e_half + 1), (e_half + 1) / (e + e_half + 1)]]))
+
+
+def test_knn_methods_by_hand():
+    """The one kNN every evaluation calls: each k of `ks` then 1-NN, k capped, votes as computed by hand."""
+    # query (1, 0); training points at 0°, 60° and 90° with labels 0, 1, 1; T = 1
+    train, labels = torch.tensor([[1.0, 0.0], [0.5, math.sqrt(3) / 2], [0.0, 2.0]]), torch.tensor([0, 1, 1])
+    e, e_half = math.e, math.exp(0.5)
+    methods = knn_methods(train, labels, torch.tensor([[3.0, 0.0]]), 2, ks=(2, 50), temperature=1.0)
+    assert list(methods) == ["knn_k2", "knn_k50", "nn1"]
+    assert [k for k, _ in methods.values()] == [2, 3, 1]  # k = 50 capped at the 3 training points
+    assert torch.allclose(methods["knn_k2"][1], torch.tensor([[e, e_half]]))
+    assert torch.allclose(methods["knn_k50"][1], torch.tensor([[e, e_half + 1]]))
+    assert torch.allclose(methods["nn1"][1], torch.tensor([[e, 0.0]]))
+    expected = torch.tensor([[e / (e + e_half), e_half / (e + e_half)]])
+    assert torch.allclose(vote_probabilities(methods["knn_k2"][1]), expected)
+    assert vote_accuracy(methods["nn1"][1], torch.tensor([0])) == 1.0
+    assert vote_accuracy(methods["nn1"][1], torch.tensor([1])) == 0.0
+    # leave-one-out: the query set is the training set and nobody votes for itself; k = 1 in `ks` is the 1-NN
+    loo = knn_methods(train, labels, train, 2, ks=(1, 5), temperature=1.0, exclude_self=True)
+    assert list(loo) == ["nn1", "knn_k5"] and loo["knn_k5"][0] == 2
+    # nearest other point: 0° -> 60° (class 1), 60° -> 90° (cos 30°, class 1), 90° -> 60° (class 1)
+    assert vote_accuracy(loo["nn1"][1], labels) == pytest.approx(2 / 3)
+
+
+def test_knn_methods_agree_with_knn_accuracy_and_probabilities():
+    g = torch.Generator().manual_seed(3)
+    train, query = torch.randn(30, 6, generator=g), torch.randn(9, 6, generator=g)
+    y, qy = torch.randint(0, 3, (30,), generator=g), torch.randint(0, 3, (9,), generator=g)
+    for name, (k, votes) in knn_methods(train, y, query, 3, (4, 200), 0.07).items():
+        assert torch.equal(vote_probabilities(votes), knn_probabilities(train, y, query, 3, k, 0.07)), name
+        assert vote_accuracy(votes, qy) == knn_accuracy(train, y, query, qy, 3, k, 0.07), name

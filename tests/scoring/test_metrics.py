@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from gcmae.evaluate.metrics import HEADLINE_METRICS, classification_metrics, confusion_csv
+from gcmae.scoring.metrics import HEADLINE_METRICS, classification_metrics, confusion_csv
 from gcmae.viz.confusion import plot_confusion_matrix
 
 CLASSES = ["a", "b", "c"]

@@ -2,7 +2,7 @@
 import json
 import math
 
-from gcmae.evaluate.report import dumps_json, json_safe, save_evaluation
+from gcmae.scoring.report import dumps_json, json_safe, save_evaluation
 
 
 def test_nan_and_inf_are_written_as_null(tmp_path):

@@ -39,7 +39,7 @@ def slide_job(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def extracted_job(tmp_path_factory: pytest.TempPathFactory, slide_job: Path, tiny_ckpt: Path) -> tuple[Path, dict]:
     """(job with features_<tag>.h5 of the tiny checkpoint, cls pool, for both slides; the encoder record)."""
-    from gcmae.evaluate.features import load_encoder
+    from gcmae.encoders.loading import load_encoder
     from gcmae.slide.features import encoder_record, extract_job
 
     root = tmp_path_factory.mktemp("extracted") / "job"

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from gcmae.cli import main
-from gcmae.evaluate.features import load_encoder
+from gcmae.encoders.loading import load_encoder
 import gcmae.slide.diagnose as diagnose_module
 import gcmae.slide.heatmap as heatmap_module
 from gcmae.slide import bags

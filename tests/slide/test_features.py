@@ -16,7 +16,8 @@ import torch
 from PIL import Image
 
 from gcmae.cli import main
-from gcmae.evaluate.features import load_encoder
+from gcmae.encoders.embed import embed
+from gcmae.encoders.loading import load_encoder
 from gcmae.io.paths import claim
 from gcmae.slide.bags import load_bag, read_attrs
 from gcmae.slide.coords import read_coords_h5, write_coords_h5
@@ -41,7 +42,7 @@ def _direct_features(slide_dir: Path, encoder) -> np.ndarray:
             im = im.resize((encoder.img_size, encoder.img_size), Image.Resampling.BICUBIC)
             a = (np.asarray(im, dtype=np.float32) / 255.0 - mean) / std
             t = torch.from_numpy(a.transpose(2, 0, 1).copy()).float()[None]
-            out.append(encoder.model.embed(t, "cls")[0].numpy())
+            out.append(embed(encoder.model, t, "cls")[0].numpy())
     return np.stack(out)
 
 
@@ -204,7 +205,7 @@ def test_a_recorded_stain_normaliser_is_rebuilt_with_the_encoder(tiny_ckpt):
     """What mil train copies into config.json (the feature file's JSON attribute) is what diagnose applies."""
     import json
 
-    from gcmae.evaluate.features import load_encoder
+    from gcmae.encoders.loading import load_encoder
     from gcmae.slide.features import encoder_record, load_recorded_encoder
     from gcmae.stain import StainNormalizer
 

@@ -12,8 +12,9 @@ from matplotlib import colormaps
 from PIL import Image
 
 from gcmae.cli import main
-from gcmae.evaluate.features import folder_features, load_encoder
-from gcmae.evaluate.linprobe import fit_logistic_probe
+from gcmae.encoders.cache import folder_features
+from gcmae.encoders.loading import load_encoder
+from gcmae.scoring.probe import fit_logistic_probe
 from gcmae.slide.bags import load_bag
 from gcmae.slide.features import encoder_record
 from gcmae.slide.heatmap import run_heatmap

@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from gcmae.cli import main
-from gcmae.evaluate.features import load_encoder
+from gcmae.encoders.loading import load_encoder
 from gcmae.io.arrays import ArrayFileError
+from gcmae.slide import bag_store, mil_train
 from gcmae.slide.bags import find_bags, load_bag, read_labels_csv
 from gcmae.slide.mil import ABMILConfig, GatedABMIL, load_mil_model, predict_bag, predict_slides
-from gcmae.slide import bag_store, mil_train
 from gcmae.slide.mil_train import MILTrainOptions, train_mil
 from gcmae.slide.proxy import ProxySpec, proxy_bags, run_proxy
 from tests.slide.slide_helpers import MPP, TILE, pcam_subset

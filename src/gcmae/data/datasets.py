@@ -38,7 +38,7 @@ class ImageFolderDataset(Dataset):
 
     With `unreadable="exclude"` (evaluation: scoring a neighbour twice would change what is evaluated) such a file
     is never replaced: `__getitem__` returns a blank placeholder with the index `-1 - index`, which
-    `gcmae.evaluate.embed.extract_features` drops and reports.
+    `gcmae.encoders.embed.extract_features` drops and reports.
     """
 
     def __init__(self, root: str | Path, transform: Callable | None = None, validate: str = "header",

@@ -1,20 +1,26 @@
-"""Encoder features for an image folder."""
+"""Encoder features: of a batch (`embed`), of a whole dataset in order (`extract_features`)."""
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
 
 import torch
+from timm.models.vision_transformer import VisionTransformer
 from torch.utils.data import DataLoader, Dataset
-
-from gcmae.models.gcmae import GCMAE
 
 log = logging.getLogger(__name__)
 
 
+def embed(encoder: VisionTransformer, imgs: torch.Tensor, pool: str = "cls") -> torch.Tensor:
+    """Features of unmasked images: the cls token or the mean of the patch tokens, after the final norm
+    (what `GCMAE.embed` computes with its encoder)."""
+    tokens = encoder.forward_features(imgs)
+    return tokens[:, 0] if pool == "cls" else tokens[:, encoder.num_prefix_tokens :].mean(dim=1)
+
+
 @torch.no_grad()
 def extract_features(
-    model: GCMAE, dataset: Dataset, pool: str = "cls", batch_size: int = 256, num_workers: int = 0,
+    model: VisionTransformer, dataset: Dataset, pool: str = "cls", batch_size: int = 256, num_workers: int = 0,
     device: torch.device | str | None = None, prepare: Callable[[torch.Tensor], torch.Tensor] | None = None,
     excluded: list[int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -36,7 +42,7 @@ def extract_features(
         if len(imgs) == 0:
             continue
         imgs = imgs.to(device)
-        feats.append(model.embed(prepare(imgs) if prepare else imgs, pool).float().cpu())
+        feats.append(embed(model, prepare(imgs) if prepare else imgs, pool).float().cpu())
         labels.append(torch.as_tensor(y))
     model.train(was_training)
     if dropped:

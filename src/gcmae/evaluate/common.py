@@ -1,28 +1,15 @@
-"""What the evaluation commands share: device choice, the encoder of the options, labelled train/val features."""
+"""What the evaluation commands share: the encoder of the options, labelled train/val features, their summary."""
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from gcmae.data.datasets import ImageFolderDataset
-from gcmae.data.validation import find_images
-from gcmae.evaluate.features import Encoder, FeatureSet, folder_features, load_encoder, open_folder
+from gcmae.data.folders import check_same_classes, open_folder
+from gcmae.device import resolve_device
+from gcmae.encoders.cache import FeatureSet, folder_features
+from gcmae.encoders.loading import Encoder, load_encoder
 from gcmae.evaluate.options import BaseOptions, KNNOptions, LinprobeOptions
-
-
-def resolve_device(name: str) -> torch.device:
-    """The torch device for `name`: 'auto' is cuda when available, else cpu."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as err:
-        raise ValueError(f"unknown device {name!r} ({err})") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} asked for, but CUDA is not available")
-    return device
 
 
 def encoder_from_options(opts: BaseOptions) -> Encoder:
@@ -35,43 +22,12 @@ def encoder_from_options(opts: BaseOptions) -> Encoder:
     return encoder
 
 
-def check_same_classes(train_classes: list[str], train_root: Path, val_classes: list[str], val_root: Path) -> None:
-    """ValueError when the two folders do not have the same class sub-folders."""
-    if train_classes == val_classes:
-        return
-    only_train = sorted(set(train_classes) - set(val_classes))
-    only_val = sorted(set(val_classes) - set(train_classes))
-    raise ValueError(
-        f"class sets differ: {train_root} has {len(train_classes)} classes {train_classes}, {val_root} has "
-        f"{len(val_classes)} classes {val_classes} (only in train: {only_train or 'none'}; only in val: "
-        f"{only_val or 'none'})")
-
-
 def open_labelled_pair(train: str | Path, val: str | Path) -> tuple[ImageFolderDataset, ImageFolderDataset]:
     """Both folders opened and validated (no transform yet), labelled, with the same classes: checked before
     any model is loaded, so bad folders fail fast."""
     train_ds, val_ds = open_folder(train), open_folder(val)
     check_same_classes(train_ds.classes, train_ds.root, val_ds.classes, val_ds.root)
     return train_ds, val_ds
-
-
-def same_images(a: str | Path, b: str | Path) -> bool:
-    """Whether two folders hold the same images: the same folder (resolved), or the same relative file names
-    with the same content (a copy)."""
-    if not a or not b:
-        return False
-    a, b = Path(a), Path(b)
-    if not (a.is_dir() and b.is_dir()):
-        return False
-    if a.resolve() == b.resolve():
-        return True
-    if sorted(d.name for d in a.iterdir() if d.is_dir()) != sorted(d.name for d in b.iterdir() if d.is_dir()):
-        return False  # other class folders (an extra, empty one is an error reported when the folder is opened)
-    files_a, files_b = find_images(a), find_images(b)
-    names_a = [(str(f.relative_to(a)), f.stat().st_size) for f in files_a]
-    if not names_a or names_a != [(str(f.relative_to(b)), f.stat().st_size) for f in files_b]:
-        return False
-    return all(fa.read_bytes() == fb.read_bytes() for fa, fb in zip(files_a, files_b))
 
 
 def train_val_features(opts: KNNOptions | LinprobeOptions, same: bool = False,
@@ -94,7 +50,7 @@ def encoder_used(encoder: Encoder) -> dict[str, Any]:
     `--img-size` and `--patch-size` left to the checkpoint resolved to."""
     from gcmae.models.vit import ENCODER_PRESETS
 
-    enc = encoder.model.encoder
+    enc = encoder.model
     dim, depth = int(enc.embed_dim), len(enc.blocks)
     preset = next((n for n, p in ENCODER_PRESETS.items() if p["embed_dim"] == dim and p["depth"] == depth),
                   f"custom ({dim} wide, {depth} blocks)")

@@ -25,7 +25,8 @@ from torch.utils.data import DataLoader
 
 from gcmae.data.datasets import ImageFolderDataset
 from gcmae.data.sampler import SeededEpochSampler
-from gcmae.evaluate.common import encoder_from_options, open_labelled_pair, resolve_device
+from gcmae.device import resolve_device
+from gcmae.evaluate.common import encoder_from_options, open_labelled_pair
 from gcmae.evaluate.finetune_module import (
     FinetuneModule,
     encoder_architecture,
@@ -34,10 +35,10 @@ from gcmae.evaluate.finetune_module import (
     predict,
 )
 from gcmae.evaluate.linprobe_paper import EVAL_CROP_RATIO, probe_eval_transform
-from gcmae.evaluate.metrics import classification_metrics
 from gcmae.evaluate.options import FinetuneOptions, settings
-from gcmae.evaluate.report import console_table, save_evaluation
 from gcmae.io.atomic import atomic_path, write_text_atomic
+from gcmae.scoring.metrics import classification_metrics
+from gcmae.scoring.report import console_table, save_evaluation
 from gcmae.train.callbacks import AtomicCheckpointIO, checkpoint_to_resume
 from gcmae.viz.curves import metrics_files
 
@@ -187,10 +188,10 @@ def run_finetune(opts: FinetuneOptions, extra_callbacks: list[L.Callback] = ()) 
     if batch < opts.batch_size:
         log.warning("%s has %d images, fewer than --batch-size %d: training with batch %d", opts.train, len(train),
                     opts.batch_size, batch)
-    arch = encoder_architecture(encoder.model.encoder)
+    arch = encoder_architecture(encoder.model)
     module = FinetuneModule(arch, train.classes, settings(opts), batch)
-    load_pretrained(module.model, encoder.model.encoder.state_dict(), encoder.description)
-    del encoder.model  # the decoder and bank are not needed any more
+    load_pretrained(module.model, encoder.model.state_dict(), encoder.description)
+    del encoder.model  # copied into the classifier: not needed any more
     sampler = SeededEpochSampler(len(train), batch, opts.seed)
     pin = device.type == "cuda"
     train_loader = DataLoader(train, batch_size=batch, sampler=sampler, num_workers=opts.num_workers,

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 from torchvision import transforms as T
 
-from gcmae.evaluate.metrics import HEADLINE_METRICS, classification_metrics
+from gcmae.scoring.metrics import HEADLINE_METRICS, classification_metrics
 from gcmae.train.module import NonFiniteLossError
 from gcmae.train.optim import build_adamw_layer_decay, scaled_lr, warmup_cosine_config
 

@@ -2,7 +2,7 @@
 colour-histogram baseline that any encoder must beat before it can be said to see more than colour.
 
 Probe: features standardised on the training split, scikit-learn `LogisticRegression` (lbfgs, L2, C=1) fit on all
-of it; kNN: cosine similarity, k most similar training items vote exp(cos / T) (`gcmae.evaluate.knn`).
+of it; kNN: cosine similarity, k most similar training items vote exp(cos / T) (`gcmae.scoring.knn`).
 """
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import numpy as np
 import torch
 from skimage.color import rgb2hsv
 
-from gcmae.evaluate.knn import knn_probabilities
-from gcmae.evaluate.linprobe import fit_logistic_probe, probe_probabilities
-from gcmae.evaluate.metrics import classification_metrics
+from gcmae.scoring.knn import knn_probabilities
+from gcmae.scoring.metrics import classification_metrics
+from gcmae.scoring.probe import fit_logistic_probe, probe_probabilities
 
 HEADLINE = ("accuracy", "balanced_accuracy", "macro_f1", "auc")
 

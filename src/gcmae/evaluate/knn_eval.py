@@ -5,12 +5,13 @@ import dataclasses
 import logging
 from typing import Any
 
-from gcmae.evaluate.common import check_same_classes, excluded_notes, same_images, train_val_features, weights_summary
-from gcmae.evaluate.features import FeatureSet, open_folder
-from gcmae.evaluate.knn import knn_probabilities
-from gcmae.evaluate.metrics import classification_metrics
+from gcmae.data.folders import check_same_classes, open_folder, same_images
+from gcmae.encoders.cache import FeatureSet
+from gcmae.evaluate.common import excluded_notes, train_val_features, weights_summary
 from gcmae.evaluate.options import KNNOptions, settings
-from gcmae.evaluate.report import console_table, save_evaluation
+from gcmae.scoring.knn import knn_methods, vote_probabilities
+from gcmae.scoring.metrics import classification_metrics
+from gcmae.scoring.report import console_table, save_evaluation
 
 log = logging.getLogger(__name__)
 
@@ -36,16 +37,12 @@ def knn_results(
 
     With `leave_one_out` (val is train) each image's own entry is excluded. "k" is the k used: capped at the
     reference size (minus one for leave-one-out); "k_asked" is the k asked for."""
-    num_classes = len(train.classes)
-    results = {}
-    for k in dict.fromkeys((*ks, 1)):
-        k_eff = min(k, len(train.files) - int(leave_one_out))
-        probs = knn_probabilities(train.features, train.labels, val.features, num_classes, k_eff, temperature,
-                                  exclude_self=leave_one_out)
-        name = "nn1" if k == 1 else f"knn_k{k}"
-        results[name] = {**classification_metrics(val.labels, probs, train.classes), "k": k_eff, "k_asked": k,
-                         "temperature": temperature, "leave_one_out": leave_one_out}
-    return results
+    methods = knn_methods(train.features, train.labels, val.features, len(train.classes), ks, temperature,
+                          exclude_self=leave_one_out)
+    asked = dict(zip(methods, dict.fromkeys((*ks, 1))))
+    return {name: {**classification_metrics(val.labels, vote_probabilities(votes), train.classes), "k": k_used,
+                   "k_asked": asked[name], "temperature": temperature, "leave_one_out": leave_one_out}
+            for name, (k_used, votes) in methods.items()}
 
 
 def run_knn(opts: KNNOptions) -> dict[str, Any]:

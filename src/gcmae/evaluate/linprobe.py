@@ -6,41 +6,17 @@ features; standardising with the training set's statistics is what BatchNorm wit
 """
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import numpy as np
-import torch
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import Pipeline, make_pipeline
-from sklearn.preprocessing import StandardScaler
 
-from gcmae.evaluate.common import excluded_notes, resolve_device, same_images, train_val_features, weights_summary
-from gcmae.evaluate.metrics import classification_metrics
+from gcmae.data.folders import same_images
+from gcmae.device import resolve_device
+from gcmae.evaluate.common import excluded_notes, train_val_features, weights_summary
 from gcmae.evaluate.options import LinprobeOptions, settings
-from gcmae.evaluate.report import console_table, save_evaluation
-
-
-def fit_logistic_probe(features: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor, c: float = 1.0,
-                       max_iter: int = 1000, seed: int = 0) -> tuple[Pipeline, bool]:
-    """(standardise + logistic regression fitted on (features, labels), whether L-BFGS converged)."""
-    x, y = np.asarray(features, dtype=np.float64), np.asarray(labels)
-    if len(np.unique(y)) < 2:
-        raise ValueError("the linear probe needs training images of at least two classes")
-    clf = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=max_iter, random_state=seed))
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", ConvergenceWarning)
-        clf.fit(x, y)
-    return clf, not any(issubclass(w.category, ConvergenceWarning) for w in caught)
-
-
-def probe_probabilities(clf: Pipeline, features: np.ndarray | torch.Tensor, num_classes: int) -> np.ndarray:
-    """(N, num_classes) probabilities; classes absent from the training labels get 0."""
-    probs = clf.predict_proba(np.asarray(features, dtype=np.float64))
-    out = np.zeros((probs.shape[0], num_classes))
-    out[:, clf.classes_.astype(int)] = probs
-    return out
+from gcmae.scoring.metrics import classification_metrics
+from gcmae.scoring.probe import fit_logistic_probe, probe_probabilities
+from gcmae.scoring.report import console_table, save_evaluation
 
 
 def run_fast(opts: LinprobeOptions) -> tuple[dict[str, dict[str, Any]], dict[str, Any], list[str]]:

@@ -18,10 +18,11 @@ from torch.utils.data import DataLoader
 from torchvision import transforms as T
 
 from gcmae.data.datasets import ImageFolderDataset
+from gcmae.encoders.embed import embed
+from gcmae.encoders.loading import Encoder
 from gcmae.evaluate.common import encoder_from_options, encoder_used, open_labelled_pair
-from gcmae.evaluate.features import Encoder
-from gcmae.evaluate.metrics import classification_metrics
 from gcmae.evaluate.options import LinprobeOptions
+from gcmae.scoring.metrics import classification_metrics
 from gcmae.train.optim import scaled_lr, warmup_cosine
 
 log = logging.getLogger(__name__)
@@ -65,14 +66,14 @@ def probe_eval_transform(img_size: int, mean: tuple, std: tuple) -> T.Compose:
 
 @torch.no_grad()
 def _features(encoder: Encoder, imgs: torch.Tensor, pool: str) -> torch.Tensor:
-    return encoder.model.embed(imgs, pool).float()
+    return embed(encoder.model, imgs, pool).float()
 
 
 def train_probe(encoder: Encoder, dataset: ImageFolderDataset, opts: LinprobeOptions,
                 device: torch.device) -> tuple[LinearProbe, list[dict[str, float]]]:
     """Train the head for opts.epochs on augmented images through the frozen encoder; per-epoch history."""
     model = encoder.model.to(device).eval().requires_grad_(False)
-    probe = LinearProbe(model.encoder.embed_dim, len(dataset.classes)).to(device)
+    probe = LinearProbe(model.embed_dim, len(dataset.classes)).to(device)
     batch = min(opts.probe_batch_size, len(dataset))
     peak_lr = scaled_lr(opts.base_lr, batch)
     optimizer = build_lars(probe.head, peak_lr, opts.weight_decay)

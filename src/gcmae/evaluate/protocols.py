@@ -11,11 +11,13 @@ import numpy as np
 import torch
 from sklearn.model_selection import StratifiedKFold
 
+from gcmae.data.folders import open_folder
+from gcmae.encoders.cache import FeatureSet, folder_features
+from gcmae.encoders.loading import Encoder
 from gcmae.evaluate.common import open_labelled_pair
-from gcmae.evaluate.features import Encoder, FeatureSet, folder_features, open_folder
-from gcmae.evaluate.knn import knn_probabilities
-from gcmae.evaluate.linprobe import fit_logistic_probe, probe_probabilities
-from gcmae.evaluate.metrics import HEADLINE_METRICS, classification_metrics
+from gcmae.scoring.knn import knn_methods, vote_probabilities
+from gcmae.scoring.metrics import HEADLINE_METRICS, classification_metrics
+from gcmae.scoring.probe import fit_logistic_probe, probe_probabilities
 
 SUMMARY_METRICS = tuple(HEADLINE_METRICS)
 
@@ -59,9 +61,8 @@ class ProtocolSettings:
 def _all_probs(train_x: torch.Tensor, train_y: torch.Tensor, query_x: torch.Tensor, num_classes: int,
                s: ProtocolSettings) -> dict[str, np.ndarray]:
     """Class probabilities of every protocol for the queries, from one training split."""
-    out = {f"knn_k{k}": knn_probabilities(train_x, train_y, query_x, num_classes, k, s.temperature).numpy()
-           for k in s.knn_k}
-    out["nn1"] = knn_probabilities(train_x, train_y, query_x, num_classes, 1, s.temperature).numpy()
+    out = {name: vote_probabilities(votes).numpy()
+           for name, (_, votes) in knn_methods(train_x, train_y, query_x, num_classes, s.knn_k, s.temperature).items()}
     clf, _ = fit_logistic_probe(train_x, train_y, s.logreg_c, s.max_iter, s.seed)
     out["logreg"] = probe_probabilities(clf, query_x, num_classes)
     return out

@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from gcmae.config import ConfigError, dump_yaml, from_dict, load_yaml
-from gcmae.evaluate.common import open_labelled_pair, resolve_device
-from gcmae.evaluate.features import RANDOM, file_digest, load_encoder, open_folder
+from gcmae.data.folders import open_folder
+from gcmae.device import resolve_device
+from gcmae.encoders.loading import RANDOM, file_digest, load_encoder
+from gcmae.evaluate.common import open_labelled_pair
 from gcmae.stain import StainNormalizer, make_normalizer
 from gcmae.evaluate.protocols import (
     SUMMARY_METRICS,
@@ -24,9 +26,9 @@ from gcmae.evaluate.protocols import (
     evaluate_encoder,
     result_rows,
 )
-from gcmae.evaluate.report import dumps_json
 from gcmae.io.atomic import write_csv_atomic, write_text_atomic
 from gcmae.io.paths import safe_name
+from gcmae.scoring.report import dumps_json
 
 log = logging.getLogger(__name__)
 ROW_KEYS = ("pretrain_set", "method", "seed")

@@ -11,15 +11,18 @@ import numpy as np
 import torch
 
 from gcmae.data.datasets import ImageFolderDataset
+from gcmae.data.folders import open_folder
 from gcmae.data.transforms import eval_transform
-from gcmae.evaluate.common import encoder_from_options, resolve_device
-from gcmae.evaluate.features import Encoder, FeatureSet, folder_features, open_folder
+from gcmae.device import resolve_device
+from gcmae.encoders.cache import FeatureSet, folder_features
+from gcmae.encoders.loading import Encoder, load_autoencoder
+from gcmae.evaluate.common import encoder_from_options
 from gcmae.evaluate.options import VisualizeOptions, settings
-from gcmae.evaluate.report import write_report
 from gcmae.io.atomic import write_text_atomic
+from gcmae.scoring.report import write_report
 from gcmae.viz.attention import plot_attention
-from gcmae.viz.reconstruction import plot_reconstructions
 from gcmae.viz.embedding import plot_embedding, subsample
+from gcmae.viz.reconstruction import plot_reconstructions
 
 
 def sample_images(encoder: Encoder, dataset: ImageFolderDataset, num: int) -> tuple[torch.Tensor, list[str]]:
@@ -71,14 +74,14 @@ def _attention(src: Sources) -> tuple[str, str]:
     encoder = src.encoder
     imgs, titles = src.samples
     model = encoder.model.cpu().eval()
-    plot_attention(model.encoder, imgs, src.out / "attention.png", encoder.mean, encoder.std, titles)
+    plot_attention(model, imgs, src.out / "attention.png", encoder.mean, encoder.std, titles)
     return "cls-token attention of the last encoder block", "attention.png"
 
 
 def _reconstruction(src: Sources) -> tuple[str, str]:
-    encoder = src.encoder
+    encoder, opts = src.encoder, src.opts
     imgs, _ = src.samples
-    model = encoder.model.cpu().eval()
+    model = load_autoencoder(opts.checkpoint, opts.encoder, opts.img_size, opts.patch_size, opts.seed)
     plot_reconstructions(model, imgs, src.out / "reconstructions.png", encoder.mean, encoder.std, src.opts.seed)
     return "reconstructions (original / masked / reconstruction / with visible patches)", "reconstructions.png"
 

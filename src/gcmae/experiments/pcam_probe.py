@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from gcmae.data.in_memory import TensorImageDataset, default_cache_dir
-from gcmae.evaluate.features import RANDOM, load_encoder
+from gcmae.encoders.loading import RANDOM, load_encoder
 from gcmae.evaluate.frozen_probe import colour_histogram_features, frozen_probe
 from gcmae.io.atomic import write_text_atomic
 
@@ -41,7 +41,7 @@ def encoder_features(spec: str, images: torch.Tensor, batch_size: int = 256,
         enc = load_encoder(RANDOM, encoder=name, img_size=images.shape[-1], patch_size=int(patch), seed=int(seed))
     else:
         enc = load_encoder(spec)
-    vit = enc.model.encoder.eval().to(device)
+    vit = enc.model.eval().to(device)
     mean = torch.tensor(enc.mean, device=device).view(1, 3, 1, 1)
     std = torch.tensor(enc.std, device=device).view(1, 3, 1, 1)
     cls, avg = [], []

@@ -19,14 +19,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn as nn
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 from timm.layers import resample_abs_pos_embed
+from timm.models.vision_transformer import VisionTransformer
 
 from gcmae.config import PATHOLOGY_MEAN, PATHOLOGY_STD
 from gcmae.io.checkpoints import CheckpointError
 from gcmae.models.gcmae import GCMAE
-from gcmae.models.vit import ENCODER_PRESETS
+from gcmae.models.vit import ENCODER_PRESETS, create_encoder
 from gcmae.pretrained import resolve as resolve_pretrained
 
 KINDS = ("gcmae_official", "mae_official", "timm", "gcmae")
@@ -243,7 +245,7 @@ def load_weights(path: str | Path) -> ImportedWeights:
     return ImportedWeights(kind, path, enc, dec, memory, bank_z, **arch, **decoder, config=config, num_data=num_data)
 
 
-def _load_into(model: GCMAE, state: dict[str, torch.Tensor], source: Path) -> None:
+def _load_into(model: nn.Module, state: dict[str, torch.Tensor], source: Path, patch_size: int) -> None:
     """Load `state` into `model`; position embeddings are resampled when only the image size differs."""
     target = model.state_dict()
     unexpected = sorted(set(state) - set(target))
@@ -260,7 +262,7 @@ def _load_into(model: GCMAE, state: dict[str, torch.Tensor], source: Path) -> No
         old, new = (math.isqrt(t.shape[1] - 1) for t in (state[key], target[key]))
         state[key] = resample_abs_pos_embed(state[key], [new, new], [old, old], num_prefix_tokens=1)
     if resize:
-        warnings.warn(f"{source}: image size changed ({old * model.patch_size} -> {new * model.patch_size} px): "
+        warnings.warn(f"{source}: image size changed ({old * patch_size} -> {new * patch_size} px): "
                       f"interpolated {', '.join(resize)} from a {old}x{old} to a {new}x{new} patch grid", stacklevel=3)
     missing = [k for k in target if k not in state and k.split(".")[0] in {p.split(".")[0] for p in state}]
     if missing:
@@ -305,5 +307,17 @@ def build_gcmae_from_weights(
     if bank is not None:
         z = weights.bank_z if weights.bank_z is not None else -1.0
         state.update({"bank.memory": bank, "bank.z": torch.tensor(z, dtype=model.bank.z.dtype)})
-    _load_into(model, state, weights.source)
+    _load_into(model, state, weights.source, model.patch_size)
     return model.eval()
+
+
+def build_encoder_from_weights(weights: ImportedWeights, img_size: int | None = None) -> VisionTransformer:
+    """The encoder alone (timm ViT, eval mode) with the file's encoder weights: no decoder, no memory bank.
+    A new `img_size` interpolates the position embeddings."""
+    size = img_size or weights.img_size
+    if size % weights.patch_size:
+        raise ConversionError(f"img_size {size} is not a multiple of the patch size")
+    holder = nn.ModuleDict({"encoder": create_encoder(weights.encoder, size, weights.patch_size)})
+    _load_into(holder, {f"encoder.{k}": v for k, v in weights.encoder_state.items()}, weights.source,
+               weights.patch_size)
+    return holder["encoder"].eval()

@@ -38,12 +38,41 @@ def knn_probabilities(
     """Class probabilities (Q, C): each query's kNN votes divided by their sum (k capped at the training size;
     at the training size - 1 with `exclude_self`, leave-one-out)."""
     votes = knn_predict(train_features, train_labels, query_features, num_classes, k, temperature, exclude_self)
-    return votes / votes.sum(dim=1, keepdim=True)
+    return vote_probabilities(votes)
 
 
 def knn_accuracy(
     train_features: torch.Tensor, train_labels: torch.Tensor, query_features: torch.Tensor,
     query_labels: torch.Tensor, num_classes: int, k: int = 200, temperature: float = 0.07, exclude_self: bool = False,
 ) -> float:
+    """Accuracy of weighted kNN (k capped as in `knn_predict`)."""
     scores = knn_predict(train_features, train_labels, query_features, num_classes, k, temperature, exclude_self)
-    return (scores.argmax(dim=1) == query_labels).float().mean().item()
+    return vote_accuracy(scores, query_labels)
+
+
+def knn_methods(
+    train_features: torch.Tensor, train_labels: torch.Tensor, query_features: torch.Tensor, num_classes: int,
+    ks: tuple[int, ...], temperature: float = 0.07, exclude_self: bool = False,
+) -> dict[str, tuple[int, torch.Tensor]]:
+    """Weighted kNN for each k of `ks`, then 1-NN: {"knn_k20": (k used, votes (Q, C)), ..., "nn1": (1, votes)}.
+
+    The one place every kNN evaluation (the `knn` command, the protocols, the training monitor) gets its votes.
+    k is capped at the training size (minus one with `exclude_self`, leave-one-out); a k of 1 in `ks` is the 1-NN.
+    """
+    out = {}
+    for k in dict.fromkeys((*ks, 1)):
+        k_used = min(k, train_features.shape[0] - int(exclude_self))
+        votes = knn_predict(train_features, train_labels, query_features, num_classes, k_used, temperature,
+                            exclude_self)
+        out["nn1" if k == 1 else f"knn_k{k}"] = (k_used, votes)
+    return out
+
+
+def vote_probabilities(votes: torch.Tensor) -> torch.Tensor:
+    """Class probabilities (Q, C): each query's votes divided by their sum."""
+    return votes / votes.sum(dim=1, keepdim=True)
+
+
+def vote_accuracy(votes: torch.Tensor, labels: torch.Tensor) -> float:
+    """Fraction of queries whose most-voted class is their label."""
+    return (votes.argmax(dim=1) == labels).float().mean().item()

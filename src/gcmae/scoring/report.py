@@ -6,8 +6,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from gcmae.evaluate.metrics import HEADLINE_METRICS, write_confusion_csv
 from gcmae.io.atomic import write_text_atomic
+from gcmae.scoring.metrics import HEADLINE_METRICS, write_confusion_csv
 from gcmae.viz.confusion import plot_confusion_matrix
 
 COLUMNS = tuple(HEADLINE_METRICS.items())

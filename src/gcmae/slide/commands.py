@@ -38,7 +38,7 @@ def add_stain_args(p: argparse.ArgumentParser) -> None:
 
 
 def _encoder(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
-    from gcmae.evaluate.features import RANDOM, load_encoder
+    from gcmae.encoders.loading import RANDOM, load_encoder
     from gcmae.slide.features import encoder_record
     from gcmae.stain import make_normalizer
 
@@ -56,7 +56,7 @@ def _device(name: str) -> torch.device:
     """resolve_device, with 'auto' picking cuda:LOCAL_RANK under torchrun / SLURM launchers."""
     import torch
 
-    from gcmae.evaluate.common import resolve_device
+    from gcmae.device import resolve_device
 
     device = resolve_device(name)
     if name == "auto" and device.type == "cuda" and "LOCAL_RANK" in os.environ:
@@ -79,7 +79,7 @@ def _extract(args: argparse.Namespace) -> int:
 
 
 def _tile_classifier_train(args: argparse.Namespace) -> int:
-    from gcmae.evaluate.features import open_folder
+    from gcmae.data.folders import open_folder
     from gcmae.slide.tile_classifier import train_tile_classifier
 
     open_folder(args.train_dir)  # a bad folder fails before the model is loaded

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from gcmae.evaluate.common import resolve_device
+from gcmae.device import resolve_device
 from gcmae.io.atomic import write_text_atomic
 from gcmae.io.paths import safe_name
 from gcmae.slide.bags import feature_filename, load_bag

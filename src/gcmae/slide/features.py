@@ -30,7 +30,8 @@ from tqdm import tqdm
 
 from gcmae import __version__
 from gcmae.data.transforms import eval_transform
-from gcmae.evaluate.features import POOLS, RANDOM, Encoder, load_encoder
+from gcmae.encoders.embed import embed
+from gcmae.encoders.loading import POOLS, RANDOM, Encoder, load_encoder
 from gcmae.io.atomic import atomic_path, write_text_atomic
 from gcmae.io.paths import claim, lock_owner, safe_name, sweep_dead_claimers
 from gcmae.io.shared_csv import rewrite_shared_csv
@@ -57,7 +58,7 @@ def encoder_record(encoder: Encoder, checkpoint: str | Path, pool: str, img_size
     encoder has one (``stain``: its `to_dict`, ``stain_id``; also in the tag), and the file-name tag."""
     if pool not in POOLS:
         raise ValueError(f"pool must be one of {', '.join(POOLS)}, got {pool!r}")
-    enc = encoder.model.encoder
+    enc = encoder.model
     dim, depth = int(enc.embed_dim), len(enc.blocks)
     preset = next((n for n, p in ENCODER_PRESETS.items() if p["embed_dim"] == dim and p["depth"] == depth), "custom")
     ident = encoder.identity
@@ -198,14 +199,14 @@ def autocast(device: torch.device, precision: str) -> Any:
 def embed_tiles(model: torch.nn.Module, loader: DataLoader, pool: str, device: torch.device, out: h5py.Dataset,
                 precision: str = "fp32", desc: str = "", progress: bool = True,
                 stain: EncoderInputStain | None = None) -> None:
-    """Embed every batch of `loader` with `model.embed(images, pool)` into rows of `out` (in loader order);
+    """Embed every batch of `loader` with `embed(model, images, pool)` into rows of `out` (in loader order);
     `stain` normalises each batch on `device` first (in fp32) and counts the tiles it passes through."""
     for imgs, idx in tqdm(loader, desc=desc, unit="batch", leave=False, disable=not progress):
         imgs = imgs.to(device, non_blocking=True)
         if stain is not None:
             imgs = stain(imgs)
         with autocast(device, precision):
-            feats = model.embed(imgs, pool)
+            feats = embed(model, imgs, pool)
         out[int(idx[0]) : int(idx[-1]) + 1] = feats.float().cpu().numpy()
 
 

@@ -184,7 +184,7 @@ def predict_slides(model_dir: str | Path, features: str | Path, out_dir: str | P
                    draw: bool = True) -> list[SlidePrediction]:
     """Slide probabilities (OUT/predictions.csv) and per-tile attention (OUT/attention/<slide>.csv, .png) of
     every bag under `features`; with `labels` (CSV slide_id,label) also metrics.json and report.md."""
-    from gcmae.evaluate.common import resolve_device
+    from gcmae.device import resolve_device
     from gcmae.io.atomic import write_csv_atomic, write_text_atomic
     from gcmae.io.paths import safe_name
     from gcmae.slide.bags import find_bags
@@ -210,8 +210,8 @@ def predict_slides(model_dir: str | Path, features: str | Path, out_dir: str | P
 
 
 def _write_metrics(mil: MILModel, results: list[SlidePrediction], labels: str | Path, out: Path) -> None:
-    from gcmae.evaluate.metrics import classification_metrics
-    from gcmae.evaluate.report import save_evaluation
+    from gcmae.scoring.metrics import classification_metrics
+    from gcmae.scoring.report import save_evaluation
     from gcmae.slide.bags import read_labels_csv
 
     truth = read_labels_csv(labels)

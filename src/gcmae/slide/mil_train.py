@@ -23,10 +23,10 @@ import torch.nn.functional as F
 from sklearn.model_selection import train_test_split
 from tqdm import tqdm
 
-from gcmae.evaluate.common import resolve_device
-from gcmae.evaluate.metrics import classification_metrics
-from gcmae.evaluate.report import dumps_json, metrics_table
+from gcmae.device import resolve_device
 from gcmae.io.atomic import write_csv_atomic, write_text_atomic
+from gcmae.scoring.metrics import classification_metrics
+from gcmae.scoring.report import dumps_json, metrics_table
 from gcmae.seeding import derive_seed
 from gcmae.slide.bag_store import BagFeatures, BagInfo
 from gcmae.slide.bags import MATCH_KEYS, find_bags, load_bag, read_labels_csv, sorted_classes

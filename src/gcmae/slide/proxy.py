@@ -17,7 +17,8 @@ import h5py
 import numpy as np
 import torch
 
-from gcmae.evaluate.features import Encoder, FeatureSet, folder_features
+from gcmae.encoders.cache import FeatureSet, folder_features
+from gcmae.encoders.loading import Encoder
 from gcmae.io.atomic import atomic_path, write_csv_atomic
 from gcmae.slide.bags import write_attrs
 

@@ -17,11 +17,12 @@ from typing import Any
 
 import numpy as np
 
-from gcmae.evaluate.features import Encoder, folder_features
-from gcmae.evaluate.linprobe import fit_logistic_probe
-from gcmae.evaluate.metrics import classification_metrics
+from gcmae.encoders.cache import folder_features
+from gcmae.encoders.loading import Encoder
 from gcmae.io.arrays import load_array_file
 from gcmae.io.atomic import write_bytes_atomic, write_text_atomic
+from gcmae.scoring.metrics import classification_metrics
+from gcmae.scoring.probe import fit_logistic_probe
 from gcmae.slide.bags import MATCH_KEYS
 
 NPZ_FILE, JSON_FILE = "classifier.npz", "classifier.json"

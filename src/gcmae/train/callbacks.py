@@ -12,11 +12,10 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from gcmae.config import MonitorConfig
-from gcmae.evaluate.common import check_same_classes
-from gcmae.evaluate.embed import extract_features
-from gcmae.evaluate.features import open_folder
-from gcmae.evaluate.knn import knn_accuracy
+from gcmae.data.folders import check_same_classes, open_folder
+from gcmae.encoders.embed import extract_features
 from gcmae.io.atomic import atomic_path
+from gcmae.scoring.knn import knn_methods, vote_accuracy
 from gcmae.viz.curves import keep_previous_metrics
 
 log = logging.getLogger(__name__)
@@ -112,14 +111,13 @@ class KNNMonitor(L.Callback):
         check_same_classes(self.reference.classes, self.reference.root, self.query.classes, self.query.root)
 
     def evaluate(self, pl_module: L.LightningModule) -> dict[str, float]:
-        model = pl_module.model
+        model = pl_module.model.encoder
         ref_f, ref_y = extract_features(model, self.reference, self.cfg.pool, self.cfg.batch_size)
         q_f, q_y = extract_features(model, self.query, self.cfg.pool, self.cfg.batch_size)
-        n = len(self.reference.classes)
-        return {
-            f"knn/top1_k{self.cfg.k}": knn_accuracy(ref_f, ref_y, q_f, q_y, n, self.cfg.k, self.cfg.temperature),
-            "knn/top1_1nn": knn_accuracy(ref_f, ref_y, q_f, q_y, n, 1, self.cfg.temperature),
-        }
+        k = self.cfg.k
+        methods = knn_methods(ref_f, ref_y, q_f, len(self.reference.classes), (k,), self.cfg.temperature)
+        return {f"knn/top1_k{k}": vote_accuracy(methods["nn1" if k == 1 else f"knn_k{k}"][1], q_y),
+                "knn/top1_1nn": vote_accuracy(methods["nn1"][1], q_y)}
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if (trainer.current_epoch + 1) % self.cfg.every_n_epochs:

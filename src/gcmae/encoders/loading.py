@@ -1,0 +1,157 @@
+"""Frozen encoders from any supported weights, as a plain timm ViT with its input normalisation.
+
+``load_encoder`` reads any file ``gcmae.io.convert.load_weights`` reads (our checkpoints, official GCMAE/MAE
+checkpoints, timm state dicts, `gcmae export` folders), the name of a shipped encoder (``gcmae.pretrained``), or
+``"random"`` (a seeded random initialisation of an encoder preset, the baseline). Only the encoder is built: no
+decoder, no memory bank (``load_autoencoder`` builds the whole GCMAE, for reconstructions).
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from timm.models.vision_transformer import VisionTransformer
+
+from gcmae.config import PATHOLOGY_MEAN, PATHOLOGY_STD
+from gcmae.io.convert import ImportedWeights, build_encoder_from_weights, build_gcmae_from_weights, load_weights
+from gcmae.models.gcmae import GCMAE
+from gcmae.models.vit import ENCODER_PRESETS
+from gcmae.pretrained import available as available_pretrained
+from gcmae.pretrained import resolve as resolve_pretrained
+from gcmae.stain import EncoderInputStain, StainNormalizer
+
+POOLS = ("cls", "mean")
+RANDOM = "random"
+_EVAL_BANK_SIZE = 2  # a GCMAE needs a memory bank; reconstructions never use it
+
+Stats = tuple[float, float, float]
+
+
+@dataclass
+class Encoder:
+    """A model to embed with, its input normalisation, and what identifies its weights (for cache keys)."""
+
+    model: VisionTransformer  # the encoder alone: no decoder, no memory bank
+    mean: Stats
+    std: Stats
+    img_size: int
+    identity: dict[str, Any]
+    description: str
+    has_decoder: bool = True
+    stain: StainNormalizer | None = None  # applied to every batch before the model
+
+    @property
+    def transform_params(self) -> dict[str, Any]:
+        """Everything the input pipeline depends on (part of the cache key): `eval_transform`, stain."""
+        params = {"name": "resize_center_crop", "size": self.img_size, "interpolation": "bicubic",
+                  "mean": list(self.mean), "std": list(self.std)}
+        if self.stain is not None:
+            params["stain"] = self.stain.to_dict()
+        return params
+
+    def stain_step(self) -> EncoderInputStain | None:
+        """A per-run stain step for embedding loops (it counts the tiles passed through), or None."""
+        return None if self.stain is None else EncoderInputStain(self.stain, self.mean, self.std)
+
+
+def file_digest(path: str | Path) -> str:
+    """SHA-256 of a file's content; of every file (relative name + content) for a folder."""
+    path = Path(path)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    digest = hashlib.sha256()
+    for f in files:
+        if path.is_dir():
+            digest.update(str(f.relative_to(path)).encode() + b"\0")
+        with open(f, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _random_gcmae(encoder: str, img_size: int, patch_size: int, seed: int) -> GCMAE:
+    """A seeded GCMAE at random init (eval mode). Its encoder is the random baseline: built inside the whole model
+    so that its weights are the ones drawn from the same RNG stream as ever (the decoder's init draws in between)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return GCMAE(num_data=_EVAL_BANK_SIZE, encoder=encoder, img_size=img_size, patch_size=patch_size).eval()
+
+
+def _random_encoder(encoder: str | None, img_size: int | None, patch_size: int | None, seed: int) -> Encoder:
+    if encoder is None:
+        raise ValueError(f"--checkpoint {RANDOM} needs --encoder (one of {', '.join(ENCODER_PRESETS)})")
+    img_size, patch_size = img_size or 224, patch_size or 16
+    if img_size % patch_size:
+        raise ValueError(f"img_size {img_size} is not a multiple of the patch size {patch_size}")
+    model = _random_gcmae(encoder, img_size, patch_size, seed).encoder
+    # the init depends on the RNG stream, hence on torch's version
+    identity = {"random": True, "encoder": encoder, "patch_size": patch_size, "seed": seed, "torch": torch.__version__}
+    desc = f"random init {encoder}/{patch_size} at {img_size} px (seed {seed})"
+    return Encoder(model.eval(), PATHOLOGY_MEAN, PATHOLOGY_STD, img_size, identity, desc)
+
+
+def _architecture(weights: ImportedWeights) -> str:
+    return f"{weights.encoder} ({weights.embed_dim} wide, {weights.depth} blocks, patch {weights.patch_size})"
+
+
+def _read_weights(checkpoint: str | Path, encoder: str | None, patch_size: int | None) -> tuple[Path, ImportedWeights]:
+    """(path, weights) of a checkpoint path or shipped encoder name; `encoder` / `patch_size` are expectations."""
+    path = resolve_pretrained(checkpoint)  # a shipped encoder's name, e.g. "gcmae-vit-tiny-pcam", or a path
+    if not path.exists():
+        shipped = ", ".join(available_pretrained()) or "none"
+        raise FileNotFoundError(f"checkpoint not found: {path} (nor the name of a shipped encoder: {shipped})")
+    weights = load_weights(path)
+    found = _architecture(weights)
+    if encoder is not None and encoder != weights.encoder:
+        want = ENCODER_PRESETS[encoder]
+        raise ValueError(f"{path} holds a {found} encoder, but --encoder {encoder} expects "
+                         f"{want['embed_dim']} wide with {want['depth']} blocks")
+    if patch_size is not None and patch_size != weights.patch_size:
+        raise ValueError(f"{path} holds a {found} encoder, but --patch-size {patch_size} was asked for")
+    return path, weights
+
+
+def load_encoder(
+    checkpoint: str | Path, encoder: str | None = None, img_size: int | None = None, patch_size: int | None = None,
+    seed: int = 0, sha256: str | None = None,
+) -> Encoder:
+    """The model of `checkpoint` (or a random init for "random"), in eval mode on the CPU.
+
+    `sha256`: the checkpoint's digest when the caller already computed it (hashing a ViT-L file takes seconds).
+
+    `encoder` / `patch_size`, when given, are expectations: a checkpoint with another architecture is an error.
+    `img_size` defaults to the checkpoint's (position embeddings are interpolated for another size).
+    """
+    if encoder is not None and encoder not in ENCODER_PRESETS:
+        raise ValueError(f"unknown encoder {encoder!r}; choose one of {', '.join(ENCODER_PRESETS)}")
+    if str(checkpoint) == RANDOM:
+        return _random_encoder(encoder, img_size, patch_size, seed)
+    path, weights = _read_weights(checkpoint, encoder, patch_size)
+    found = _architecture(weights)
+    model = build_encoder_from_weights(weights, img_size)
+    data = weights.config.get("data", {})
+    mean = tuple(data.get("mean", PATHOLOGY_MEAN))
+    std = tuple(data.get("std", PATHOLOGY_STD))
+    size = img_size or weights.img_size
+    identity = {"sha256": sha256 or file_digest(path), "patch_size": weights.patch_size}
+    desc = f"{weights.kind} checkpoint {path} ({found}) at {size} px"
+    return Encoder(model, mean, std, size, identity, desc, has_decoder=weights.decoder_state is not None)
+
+
+def load_autoencoder(
+    checkpoint: str | Path, encoder: str | None = None, img_size: int | None = None, patch_size: int | None = None,
+    seed: int = 0,
+) -> GCMAE:
+    """The whole GCMAE of `checkpoint` (encoder and decoder; a fresh memory bank) in eval mode, for reconstructions;
+    "random" gives the same seeded init as `load_encoder`. ValueError when the file has no decoder weights."""
+    if str(checkpoint) == RANDOM:
+        if encoder is None:
+            raise ValueError(f"--checkpoint {RANDOM} needs --encoder (one of {', '.join(ENCODER_PRESETS)})")
+        return _random_gcmae(encoder, img_size or 224, patch_size or 16, seed)
+    path, weights = _read_weights(checkpoint, encoder, patch_size)
+    if weights.decoder_state is None:
+        raise ValueError(f"{path} has no decoder weights (encoder only): reconstructions need a GCMAE/MAE "
+                         "checkpoint with its decoder")
+    return build_gcmae_from_weights(weights, num_data=_EVAL_BANK_SIZE, img_size=img_size, load_bank=False)
