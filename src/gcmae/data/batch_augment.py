@@ -23,16 +23,20 @@ def _stain_matrices() -> tuple[torch.Tensor, torch.Tensor]:
     return _RGB_FROM_HED.float(), torch.linalg.inv(_RGB_FROM_HED).float()
 
 
-def rgb_to_hed(rgb: torch.Tensor) -> torch.Tensor:
-    """(B, 3, H, W) RGB in [0, 1] -> haematoxylin, eosin, DAB concentrations (skimage.color.rgb2hed's values)."""
+def rgb_to_hed(rgb: torch.Tensor, clamp: bool = True) -> torch.Tensor:
+    """(B, 3, H, W) RGB in [0, 1] -> haematoxylin, eosin, DAB concentrations (skimage.color.rgb2hed's values);
+    negative concentrations are set to 0 unless `clamp` is False (then `hed_to_rgb` inverts it exactly)."""
     _, hed_from_rgb = _stain_matrices()
     od = torch.log(rgb.clamp_min(1e-6)) / _LOG_ADJUST
-    return torch.einsum("bchw,cd->bdhw", od, hed_from_rgb.to(rgb.device)).clamp_min(0)
+    hed = torch.einsum("bchw,cd->bdhw", od, hed_from_rgb.to(rgb.device))
+    return hed.clamp_min(0) if clamp else hed
 
 
-def hed_to_rgb(hed: torch.Tensor) -> torch.Tensor:
-    """Inverse of `rgb_to_hed` (skimage.color.hed2rgb), clipped to [0, 1]."""
-    rgb_from_hed, _ = _stain_matrices()
+def hed_to_rgb(hed: torch.Tensor, rgb_from_hed: torch.Tensor | None = None) -> torch.Tensor:
+    """Inverse of `rgb_to_hed` (skimage.color.hed2rgb), clipped to [0, 1]. `rgb_from_hed` (3, 3) replaces the
+    stain vectors (rows: H, E, DAB optical densities), e.g. to render the same stain amounts with other dyes."""
+    if rgb_from_hed is None:
+        rgb_from_hed, _ = _stain_matrices()
     log_rgb = -torch.einsum("bchw,cd->bdhw", hed * -_LOG_ADJUST, rgb_from_hed.to(hed.device))
     return torch.exp(log_rgb).clamp(0, 1)
 
