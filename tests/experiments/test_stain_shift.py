@@ -55,3 +55,9 @@ def test_run_records_every_condition(tiles):
     assert result["stain"] == normalizer.id and result["num_train"] == 24
     rows = table([result]).splitlines()
     assert len(rows) == 4 and rows[2].startswith(f"| {COLOUR} | hist | none |")
+
+
+def test_figure_is_written(tiles, tmp_path):
+    from gcmae.experiments.stain_shift import figure
+    path = figure(tiles.images, [0, 1], 0.3, make_normalizer("macenko"), tmp_path / "fig.png", count=3)
+    assert path.stat().st_size > 10_000

@@ -116,6 +116,33 @@ def run(spec: str, train: TensorImageDataset, val: TensorImageDataset, seeds: li
     return result
 
 
+def figure(images: torch.Tensor, seeds: list[int], strength: float, normalizer: StainNormalizer, path: Path,
+           count: int = 6) -> Path:
+    """The same tiles as scanned and as each simulated lab (rows), before and after Macenko (column pairs)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tiles = images[torch.linspace(0, len(images) - 1, count).long()]
+    rows = [("as scanned", tiles)] + [(f"lab {s}", render(tiles, simulated_lab(s, strength))) for s in seeds]
+    fig, axes = plt.subplots(len(rows), 2 * count, figsize=(2 * count * 1.1, len(rows) * 1.25))
+    for r, (name, imgs) in enumerate(rows):
+        normed, _ = normalise(imgs, normalizer)
+        for c in range(count):
+            for k, im in enumerate((imgs[c], normed[c])):
+                ax = axes[r, 2 * c + k]
+                ax.imshow(im.permute(1, 2, 0).numpy())
+                ax.set_xticks([]), ax.set_yticks([])
+                if r == 0:
+                    ax.set_title("Macenko" if k else "raw", fontsize=7)
+        axes[r, 0].set_ylabel(name, fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
 def table(results: list[dict[str, Any]]) -> str:
     """Markdown: balanced accuracy as scanned and under the simulated labs (mean ± sd over seeds)."""
     rows = ["| encoder | pool | stain norm | as scanned | other lab (mean ± sd) | drop |", "|---|---|---|---:|---:|---:|"]
@@ -140,6 +167,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--train-n", type=int, default=4000, help="train tiles for the probe (a fixed random subset)")
     p.add_argument("--strength", type=float, default=0.3, help="sd of the stain-vector noise and half-range of the amounts")
     p.add_argument("--cache-dir", help="decoded-image cache (default ~/.cache/gcmae)")
+    p.add_argument("--figure", type=Path, help="also save the same valid tiles as scanned / per lab, raw / Macenko")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     cache = args.cache_dir or default_cache_dir()
@@ -148,6 +176,8 @@ def main(argv: list[str] | None = None) -> None:
     normalizer = make_normalizer("macenko")
     assert normalizer is not None
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.figure:
+        figure(val.images, args.seeds, args.strength, normalizer, args.figure)
     results = []
     for spec in args.encoders:
         path = args.out / f"{_slug(spec)}.json"
