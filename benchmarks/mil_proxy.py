@@ -1,7 +1,7 @@
 """Does ABMIL find a few tumour tiles in a bag? A stated proxy experiment on real PCam patches.
 
 Real labelled slides are too few here (2 shipped), so bags are built from real PCam patches (see
-gcmae.slide.proxy): negative bags hold only negative patches, positive bags mostly negative patches plus 10-30 %
+gcmae.experiments.mil_proxy): negative bags hold only negative patches, positive bags mostly negative patches plus 10-30 %
 tumour patches; bags of 20-50 patches; train bags from data/samples/pcam/train, test bags from
 data/samples/pcam/valid (other patients; no patch shared between train and test bags). Features: a frozen encoder
 (default: random-init ViT-Tiny/16 at 96 px, mean of the patch tokens; `--checkpoint` for a trained one).
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     benchmark_device("mil_proxy.py", "cpu", args.threads)  # CPU only: never None
     from gcmae.encoders.loading import load_encoder
-    from gcmae.slide.proxy import ProxySpec, run_proxy
+    from gcmae.experiments.mil_proxy import ProxySpec, run_proxy
 
     t0 = time.perf_counter()
     encoder = load_encoder(args.checkpoint, args.encoder if args.checkpoint == "random" else None, args.img_size)

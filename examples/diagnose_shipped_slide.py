@@ -16,9 +16,9 @@ import shutil
 from pathlib import Path
 
 from gcmae.encoders.loading import load_encoder
+from gcmae.experiments.mil_proxy import ProxySpec, run_proxy
 from gcmae.slide.diagnose import DiagnoseOptions, diagnose
 from gcmae.slide.features import encoder_record
-from gcmae.slide.proxy import ProxySpec, run_proxy
 from gcmae.slide.tile_classifier import train_tile_classifier
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -28,6 +28,7 @@ FORBIDDEN = {
     "train": ROOMS - {"train"},
     "evaluate": ROOMS - {"evaluate", "train"},
     "slide": ROOMS - {"slide"},
+    "experiments": {"cli", "demo"},
 }
 
 

@@ -146,6 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     from gcmae.evaluate.commands import add_evaluation_parsers  # knn, linprobe, visualize
 
     add_evaluation_parsers(sub)
+    from gcmae.experiments.commands import add_experiment_parsers  # transfer, replicate
+
+    add_experiment_parsers(sub)
     from gcmae.slide.commands import add_slide_parsers  # extract, tile-classifier, heatmap, mil, diagnose
 
     add_slide_parsers(sub)

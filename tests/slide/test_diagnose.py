@@ -14,6 +14,7 @@ from gcmae.cli import main
 from gcmae.encoders.loading import load_encoder
 import gcmae.slide.diagnose as diagnose_module
 import gcmae.slide.heatmap as heatmap_module
+from gcmae.experiments.mil_proxy import ProxySpec, run_proxy
 from gcmae.slide import bags
 from gcmae.slide.bags import load_bag
 from gcmae.slide.coords import read_coords_h5
@@ -21,7 +22,6 @@ from gcmae.slide.diagnose import DiagnoseOptions, diagnose
 from gcmae.slide.features import encoder_record
 from gcmae.slide.mil import load_mil_model, predict_bag
 from gcmae.slide.mil_train import MILTrainOptions, train_mil
-from gcmae.slide.proxy import ProxySpec, run_proxy
 from gcmae.slide.reader import OpenSlideReader
 from gcmae.slide.tile_classifier import train_tile_classifier
 from tests.slide.slide_helpers import SLIDES, pcam_subset

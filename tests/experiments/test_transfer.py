@@ -9,9 +9,9 @@ from gcmae.cli import main
 from gcmae.config import ConfigError
 from gcmae.data.datasets import EmptyDatasetError
 from gcmae.encoders import loading
-from gcmae.evaluate import transfer
 from gcmae.evaluate.protocols import EvalSet, ProtocolSettings
-from gcmae.evaluate.transfer import EvalConfig, ModelSpec, TransferConfig, run_transfer
+from gcmae.experiments import transfer
+from gcmae.experiments.transfer import EvalConfig, ModelSpec, TransferConfig, run_transfer
 
 pytestmark = pytest.mark.slow  # real pretraining, slides or subprocesses: skipped by `make test-fast`
 

@@ -6,7 +6,7 @@ import yaml
 
 from gcmae.cli import main
 from gcmae.config import ConfigError, load_pretrain_config
-from gcmae.evaluate.replicate import load_replicate_config, replica_table, summarise
+from gcmae.experiments.replicate import load_replicate_config, replica_table, summarise
 
 pytestmark = pytest.mark.slow  # real pretraining, slides or subprocesses: skipped by `make test-fast`
 

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from gcmae.config import ConfigError, apply_overrides, dump_yaml, from_dict, load_pretrain_config, load_yaml
-from gcmae.evaluate.transfer import EvalConfig, ModelSpec, evaluate_model, write_rows_csv
+from gcmae.experiments.transfer import EvalConfig, ModelSpec, evaluate_model, write_rows_csv
 from gcmae.io.atomic import write_text_atomic
 from gcmae.train.pretrain import last_checkpoint, run_pretrain
 from gcmae.viz.replica import plot_replica
