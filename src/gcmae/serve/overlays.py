@@ -49,7 +49,7 @@ def read_scores(path: Path, column: str, kind: str) -> Scores:
         top = raw.max() if raw.size else 0.0
         values, label = (raw / top if top > 0 else raw), "attention / max attention"
     else:
-        values, label = np.clip(raw, 0.0, 1.0), "P(positive class)"
+        values, label = np.clip(raw, 0.0, 1.0), "probability"
     return Scores(arr[:, :2].astype(np.int64), values, raw, label)
 
 

@@ -50,7 +50,7 @@ function showColourBars() {
     if (!scoreLayerOn(layer.id)) continue;
     const gradient = `linear-gradient(to right, ${layer.colours.join(", ")})`;
     bars.append(el("div", { className: "colourbar" }, [
-      el("div", { textContent: `${layer.label}: ${layer.scale || ""}` }),
+      el("div", { textContent: `${layer.label} (${layer.scale || ""})` }),
       el("div", { className: "bar", style: `background: ${gradient}` }),
       el("div", { className: "ticks" }, ["0", "0.5", "1"].map((t) => el("span", { textContent: t })))]));
   }
