@@ -73,6 +73,8 @@ def _demo(args: argparse.Namespace) -> int:
 
     metrics = run_demo(args.config, args.out, args.data, args.overrides)
     print(f"demo finished in {metrics['timings']['total_s']:.0f} s; see {Path(args.out) / 'summary.md'}")
+    print(f"look at the slides with their tissue, tiles, heatmap and attention in a browser:\n"
+          f"  gcmae serve {Path(args.out) / 'tiles'}")
     return 0
 
 
