@@ -71,7 +71,8 @@ def test_diagnose_writes_prediction_heatmaps_and_report(model_dir, tmp_path, cap
     assert [(int(a["x"]), int(a["y"])) for a in rows] == [tuple(c) for c in tiles.coords.tolist()]
     np.testing.assert_allclose([float(a["attention"]) for a in rows], attention, rtol=1e-4)
     assert r["top_tiles"][0]["attention"] == pytest.approx(float(attention.max()), rel=1e-5)
-    for f in ("attention.png", "heatmap_tile_classifier.png", "heatmap_tile_classifier.csv", "report.md"):
+    for f in ("attention.png", "attention.geojson", "heatmap_tile_classifier.png", "heatmap_tile_classifier.csv",
+              "heatmap_tile_classifier.geojson", "report.md"):
         assert (out / f).is_file(), f
     report = (out / "report.md").read_text()
     assert f"**Predicted: {r['predicted']}**" in report and "attention.png" in report

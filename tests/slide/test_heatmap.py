@@ -77,6 +77,11 @@ def test_heatmap_command_scores_every_tile_and_draws_it(extracted_job, pcam_smal
         x = (bag.features.astype(np.float64) - clf.scaler_mean) / clf.scaler_scale
         expected = 1.0 / (1.0 + np.exp(-(x @ clf.coef[0] + clf.intercept[0])))  # logistic of the decision value
         np.testing.assert_allclose([float(r["prob"]) for r in rows], expected, rtol=1e-5)
+        tiles = json.loads((job / name / "heatmap_tumour_probe.geojson").read_text())["features"]
+        e = int(bag.attrs["extent"])
+        assert [t["geometry"]["coordinates"][0][0] for t in tiles] == bag.coords.tolist()
+        assert all(t["geometry"]["coordinates"][0][2] == [x + e, y + e] for t, (x, y) in zip(tiles, bag.coords.tolist()))
+        np.testing.assert_allclose([t["properties"]["measurements"]["prob"] for t in tiles], expected, rtol=1e-5)
         with Image.open(job / name / "heatmap_tumour_probe.png") as im:
             assert im.size[0] > 300 and im.size[1] > 200
     (result,) = run_heatmap(job, clf_dir, slides=[SLIDE_NAMES[1]])

@@ -21,6 +21,7 @@ from gcmae.io.atomic import write_csv_atomic, write_text_atomic
 from gcmae.io.paths import safe_name
 from gcmae.slide.bags import FEATURES_PREFIX, Bag, feature_filename, load_bag, read_attrs
 from gcmae.slide.features import tiled_slides
+from gcmae.slide.qupath import write_tile_scores_geojson
 from gcmae.slide.reader import SlideReadError, open_slide
 from gcmae.slide.tile_classifier import TileClassifier, check_features_match, load_tile_classifier
 from gcmae.viz.heatmap import plot_tile_heatmap
@@ -63,9 +64,13 @@ def slide_thumbnail(attrs: dict[str, Any], slide_dir: Path | None = None,
     return thumb, (width / thumb.size[0], height / thumb.size[1])
 
 
-def write_tile_scores(path: Path, coords: np.ndarray | None, columns: dict[str, np.ndarray]) -> Path:
-    """CSV with x, y (empty when unknown) and one column per entry of `columns`, one row per tile."""
+def write_tile_scores(path: Path, coords: np.ndarray | None, columns: dict[str, np.ndarray],
+                      extent: int | None = None) -> Path:
+    """CSV with x, y (empty when unknown) and one column per entry of `columns`, one row per tile; with the
+    coordinates and the tiles' level-0 `extent` known, the same scores as QuPath GeoJSON beside it (.geojson)."""
     n = len(next(iter(columns.values())))
+    if coords is not None and extent:
+        write_tile_scores_geojson(path.with_suffix(".geojson"), coords, int(extent), columns)
 
     def row(i: int) -> list[object]:
         xy = ["", ""] if coords is None else [int(coords[i, 0]), int(coords[i, 1])]
@@ -126,7 +131,7 @@ def heatmap_slide(slide_dir: Path, clf: TileClassifier, name: str, tag: str | No
         raise ValueError(f"{feats_path}: {bag.dim}-d features, but the classifier takes {clf.dim}-d features")
     prob = clf.predict_proba(bag.features)[:, clf.positive]
     positive = clf.classes[clf.positive]
-    csv_path = write_tile_scores(out_dir / f"heatmap_{name}.csv", bag.coords, {"prob": prob})
+    csv_path = write_tile_scores(out_dir / f"heatmap_{name}.csv", bag.coords, {"prob": prob}, bag.attrs.get("extent"))
     png = None
     if bag.coords is not None:
         png = draw_slide_scores(bag.attrs, bag.coords, prob, out_dir / f"heatmap_{name}.png",

@@ -168,7 +168,7 @@ def attend_bag(mil: MILModel, source: Path | Bag, device: torch.device | str, cs
     bag = source if isinstance(source, Bag) else load_bag(source, slide_id=slide_id)
     check_bag_fits(mil, bag)
     probs, attention = predict_bag(mil.model.to(device), bag.features, device)
-    write_tile_scores(csv_path, bag.coords, {"attention": attention})
+    write_tile_scores(csv_path, bag.coords, {"attention": attention}, bag.attrs.get("extent"))
     png = None
     if png_path is not None and bag.coords is not None:
         title = f"{bag.slide_id}: ABMIL attention"
