@@ -86,9 +86,9 @@ def test_confusion_csv_and_png(tmp_path):
 
 
 def test_every_headline_metric_is_computed_and_can_pick_the_best_finetune_epoch():
-    from gcmae.evaluate.options import CHOICES
+    from gcmae.evaluate.options import METRICS
 
     m = classification_metrics(np.array([0, 1, 1, 0]), np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]]),
                                ["a", "b"])
     assert set(HEADLINE_METRICS) <= set(m) and all(isinstance(m[k], float) for k in HEADLINE_METRICS)
-    assert set(CHOICES["metric"]) == set(HEADLINE_METRICS)
+    assert set(METRICS) == set(HEADLINE_METRICS)
