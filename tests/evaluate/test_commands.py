@@ -44,6 +44,14 @@ def test_knn_with_a_trained_checkpoint(pcam_pair, trained_checkpoint, tmp_path, 
         for j in row:
             votes[i, ref["labels"][j]] += np.exp(sim[i, j] / 0.07)
     assert results["knn_k5"]["accuracy"] == pytest.approx((votes.argmax(1) == query["labels"]).mean())
+    # one row per val image: its file, true label, prediction and the normalised votes
+    with open(out / "predictions_knn_k5.csv", newline="") as fh:
+        pred = list(csv.DictReader(fh))
+    classes = metrics["results"]["knn_k5"]["classes"]
+    assert [r["label"] for r in pred] == [classes[y] for y in query["labels"]]
+    assert [r["predicted"] for r in pred] == [classes[i] for i in votes.argmax(1)]
+    np.testing.assert_allclose([float(r[f"prob_{classes[1]}"]) for r in pred], votes[:, 1] / votes.sum(1), rtol=1e-4)
+    assert len(pred) == 16 and pred[0]["file"].endswith(".jpg") and (out / "predictions_nn1.csv").is_file()
 
     rows = list(csv.reader((out / "confusion_knn_k5.csv").read_text().splitlines()))
     assert [[int(v) for v in r[1:]] for r in rows[1:]] == results["knn_k5"]["confusion_matrix"]
@@ -66,6 +74,12 @@ def test_linprobe_fast_protocol(pcam_pair, tmp_path, capsys):
     assert 0.0 <= m["accuracy"] <= 1.0 and m["train_accuracy"] >= m["accuracy"] - 0.5
     assert "epochs" not in metrics["settings"] and metrics["settings"]["logreg_c"] == 1.0
     assert "| logreg |" in (out / "report.md").read_text() and (out / "confusion_logreg.png").is_file()
+    with open(out / "predictions.csv", newline="") as fh:
+        pred = list(csv.DictReader(fh))
+    assert len(pred) == 16 and all(abs(sum(float(v) for k, v in r.items() if k.startswith("prob_")) - 1) < 1e-4
+                                   for r in pred)
+    correct = sum(r["predicted"] == r["label"] for r in pred)
+    assert correct / 16 == pytest.approx(m["accuracy"])
 
 
 def test_linprobe_paper_protocol_two_epochs(pcam_pair, tmp_path):

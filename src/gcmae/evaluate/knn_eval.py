@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from gcmae.data.folders import check_same_classes, open_folder, same_images
 from gcmae.encoders.cache import FeatureSet
@@ -11,7 +14,7 @@ from gcmae.evaluate.common import excluded_notes, train_val_features, weights_su
 from gcmae.evaluate.options import KNNOptions, settings
 from gcmae.scoring.knn import knn_methods, vote_probabilities
 from gcmae.scoring.metrics import classification_metrics
-from gcmae.scoring.report import console_table, save_evaluation
+from gcmae.scoring.report import console_table, save_evaluation, write_predictions
 
 log = logging.getLogger(__name__)
 
@@ -32,17 +35,24 @@ def leave_one_out_reason(opts: KNNOptions) -> str:
 
 def knn_results(
     train: FeatureSet, val: FeatureSet, ks: tuple[int, ...], temperature: float, leave_one_out: bool = False,
+    probabilities: dict[str, np.ndarray] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Metrics of weighted kNN for each k, and of 1-NN; class probabilities = normalised votes.
+    """Metrics of weighted kNN for each k, and of 1-NN; class probabilities = normalised votes (also stored in
+    `probabilities`, by method, when a dict is given).
 
     With `leave_one_out` (val is train) each image's own entry is excluded. "k" is the k used: capped at the
     reference size (minus one for leave-one-out); "k_asked" is the k asked for."""
     methods = knn_methods(train.features, train.labels, val.features, len(train.classes), ks, temperature,
                           exclude_self=leave_one_out)
     asked = dict(zip(methods, dict.fromkeys((*ks, 1))))
-    return {name: {**classification_metrics(val.labels, vote_probabilities(votes), train.classes), "k": k_used,
-                   "k_asked": asked[name], "temperature": temperature, "leave_one_out": leave_one_out}
-            for name, (k_used, votes) in methods.items()}
+    results = {}
+    for name, (k_used, votes) in methods.items():
+        probs = vote_probabilities(votes)
+        if probabilities is not None:
+            probabilities[name] = np.asarray(probs)
+        results[name] = {**classification_metrics(val.labels, probs, train.classes), "k": k_used,
+                         "k_asked": asked[name], "temperature": temperature, "leave_one_out": leave_one_out}
+    return results
 
 
 def run_knn(opts: KNNOptions) -> dict[str, Any]:
@@ -61,7 +71,8 @@ def run_knn(opts: KNNOptions) -> dict[str, Any]:
             check_same_classes(train_ds.classes, train_ds.root, val_ds.classes, val_ds.root)
         opts = dataclasses.replace(opts, val=opts.train, leave_one_out=True)
     encoder, train, val = train_val_features(opts, same=bool(loo_reason), train_ds=train_ds)
-    results = knn_results(train, val, tuple(opts.k), opts.temperature, leave_one_out=bool(loo_reason))
+    probabilities: dict[str, np.ndarray] = {}
+    results = knn_results(train, val, tuple(opts.k), opts.temperature, bool(loo_reason), probabilities)
     extra = weights_summary(encoder, train, val)
     if loo_reason:
         extra["leave_one_out"] = loo_reason
@@ -77,6 +88,9 @@ def run_knn(opts: KNNOptions) -> dict[str, Any]:
     if capped:
         notes.append(f"k capped at the reference size: {'; '.join(capped)}.")
     save_evaluation(opts.out, "knn", "kNN evaluation", settings(opts), results, extra, notes=notes)
+    for name, probs in probabilities.items():
+        write_predictions(Path(opts.out) / f"predictions_{name}.csv", val.files, val.labels, probs, train.classes)
     print(console_table(results))
-    print(f"outputs in {opts.out} (metrics.json, report.md, confusion_*.csv/png)")
+    print(f"outputs in {opts.out} (metrics.json, report.md, confusion_*.csv/png, predictions_*.csv: one row per "
+          f"image)")
     return {"results": results, **extra}

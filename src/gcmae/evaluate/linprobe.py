@@ -6,6 +6,7 @@ features; standardising with the training set's statistics is what BatchNorm wit
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,13 +17,14 @@ from gcmae.evaluate.common import excluded_notes, train_val_features, weights_su
 from gcmae.evaluate.options import LinprobeOptions, settings
 from gcmae.scoring.metrics import classification_metrics
 from gcmae.scoring.probe import fit_logistic_probe, probe_probabilities
-from gcmae.scoring.report import console_table, save_evaluation
+from gcmae.scoring.report import console_table, save_evaluation, write_predictions
 
 
 def run_fast(opts: LinprobeOptions) -> tuple[dict[str, dict[str, Any]], dict[str, Any], list[str]]:
     encoder, train, val = train_val_features(opts)
     clf, converged = fit_logistic_probe(train.features, train.labels, opts.logreg_c, opts.max_iter, opts.seed)
     probs = probe_probabilities(clf, val.features, len(train.classes))
+    write_predictions(Path(opts.out) / "predictions.csv", val.files, val.labels, probs, train.classes)
     train_acc = float((clf.predict(np.asarray(train.features, dtype=np.float64)) == train.labels.numpy()).mean())
     metrics = {**classification_metrics(val.labels, probs, train.classes), "train_accuracy": train_acc,
                "converged": converged}
@@ -49,5 +51,6 @@ def run_linprobe(opts: LinprobeOptions) -> dict[str, Any]:
         title = "Linear probe (fast protocol)"
     save_evaluation(opts.out, "linprobe", title, settings(opts), results, extra, notes=notes)
     print(console_table(results))
-    print(f"outputs in {opts.out} (metrics.json, report.md, confusion_*.csv/png)")
+    per_image = ", predictions.csv: one row per image" if opts.protocol != "paper" else ""
+    print(f"outputs in {opts.out} (metrics.json, report.md, confusion_*.csv/png{per_image})")
     return {"results": results, **extra}

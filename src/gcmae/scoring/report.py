@@ -6,7 +6,10 @@ import math
 from pathlib import Path
 from typing import Any
 
-from gcmae.io.atomic import write_text_atomic
+import numpy as np
+import torch
+
+from gcmae.io.atomic import write_csv_atomic, write_text_atomic
 from gcmae.scoring.metrics import HEADLINE_METRICS, write_confusion_csv
 from gcmae.viz.confusion import plot_confusion_matrix
 
@@ -74,6 +77,17 @@ def write_report(out_dir: Path, title: str, settings: dict[str, Any], results: d
         for caption, rel in figures:
             parts += [f"### {caption}", "", f"![{caption}]({rel})", ""]
     return write_text_atomic(out_dir / "report.md", "\n".join(parts))
+
+
+def write_predictions(path: str | Path, files: list[str], labels: torch.Tensor | np.ndarray, probs: np.ndarray,
+                      classes: list[str]) -> Path:
+    """One row per image: file, true label, predicted label (the most probable class), each class's probability."""
+    labels = np.asarray(labels)
+    if not len(files) == len(labels) == len(probs):
+        raise ValueError(f"{len(files)} files, {len(labels)} labels and {len(probs)} probability rows")
+    rows = ([f, classes[int(y)], classes[int(np.argmax(p))], *(f"{float(v):.6g}" for v in p)]
+            for f, y, p in zip(files, labels, probs))
+    return write_csv_atomic(path, ["file", "label", "predicted", *(f"prob_{c}" for c in classes)], rows)
 
 
 def save_evaluation(out_dir: str | Path, command: str, title: str, settings: dict[str, Any],
