@@ -27,7 +27,10 @@ CANVAS_JS = """() => {
   const c = window.gcmae.viewer.drawer.canvas, ctx = c.getContext('2d');
   const d = ctx.getImageData(0, 0, c.width, c.height).data;
   let drawn = 0, n = 0;
-  for (let i = 0; i < d.length; i += 4 * 97) { n++; if (d[i + 3] > 0 && Math.min(d[i], d[i + 1], d[i + 2]) < 235) drawn++; }
+  for (let i = 0; i < d.length; i += 4 * 97) {
+    n++;
+    if (d[i + 3] > 0 && Math.min(d[i], d[i + 1], d[i + 2]) < 235) drawn++;
+  }
   return { drawn: drawn / n, pixels: Array.from(d.filter((_, i) => i % (4 * 97) < 3)) };
 }"""
 
@@ -99,7 +102,8 @@ def test_the_viewer_draws_both_slides_with_their_layers(full_job, browser_page, 
 
         for name in SLIDE_NAMES:
             page.goto(f"{base}/slide/{name}")
-            page.wait_for_function("document.body.dataset.ready === '1' && Number(document.body.dataset.tilesLoaded) > 0")
+            page.wait_for_function("document.body.dataset.ready === '1' "
+                                   "&& Number(document.body.dataset.tilesLoaded) > 0")
             page.wait_for_load_state("networkidle")
             page.wait_for_timeout(500)
             canvas = page.evaluate(CANVAS_JS)

@@ -68,6 +68,9 @@ TRAVERSALS = [
     "/dzi/%2Fetc%2Fpasswd.dzi", "/dzi/%2fetc%2fpasswd_files/0/0_0.jpeg", "/slide/..%2f..%2fsecret.txt",
     "/slide/%2e%2e", "/../secret.txt", "/%2e%2e/secret.txt", "/secret.txt", "/coords.h5",
     f"/{CMU}/thumbnail.png", f"/{CMU}/coords.h5", "/failures.csv", "/predictions/predictions.csv",
+    "/dzi/%00.dzi", f"/dzi/{CMU}%00.dzi", "/api/slides/%00", "/static/viewer.js%00", "/dzi/.dzi",
+    "/dzi/._files/0/0_0.jpeg",
+    f"/dzi/{CMU}%2f..%2f{TCGA}.dzi", f"/dzi/{CMU}%5c..%5c{TCGA}.dzi",
 ]
 LISTINGS = ["/static", "/static/", "/static/openseadragon", "/static/openseadragon/",
             "/static/openseadragon/images/", "/api/slides/", f"/api/slides/{CMU}/", f"/api/slides/{CMU}/overlays/",

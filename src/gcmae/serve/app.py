@@ -55,11 +55,14 @@ class Server:
             raise HTTPException(404, f"slide {slide_id!r} is not tiled (yet)")
         return entry
 
-    def slide_file(self, entry: SlideEntry) -> Path:
-        path = entry.slide_path
-        if path is None or not path.is_file():
-            raise HTTPException(404, f"slide file of {entry.id!r} not found: {path}")
-        return path
+    def slide_file(self, slide_id: str) -> Path:
+        """The slide file recorded by the slide's coords.h5 (looked up without scanning the job)."""
+        tiles = self.index.tiles(slide_id)
+        if tiles is None:
+            raise HTTPException(404, f"no tiled slide {slide_id!r} in this job")
+        if not tiles.slide_path.is_file():
+            raise HTTPException(404, f"slide file of {slide_id!r} not found: {tiles.slide_path}")
+        return tiles.slide_path
 
     def overlay(self, entry: SlideEntry, overlay_id: str) -> Overlay:
         for o in entry.overlays:
@@ -158,12 +161,12 @@ def create_app(job_dir: str | Path, cache_tiles: int = 4096) -> Starlette:
         return srv.image(o.id, o.csv, lambda: score_png(entry.tiles, srv.scores(o), o.kind))  # type: ignore[arg-type]
 
     def dzi(request: Request) -> Response:
-        path = srv.slide_file(srv.tiled(request.path_params["slide_id"]))
+        path = srv.slide_file(request.path_params["slide_id"])
         return Response(srv.tiles.dzi(path), media_type="application/xml", headers=HEADERS)
 
     def dzi_tile(request: Request) -> Response:
         p = request.path_params
-        path = srv.slide_file(srv.tiled(p["slide_id"]))
+        path = srv.slide_file(p["slide_id"])
         try:
             data = srv.tiles.tile(path, p["level"], p["col"], p["row"])
         except TileNotFound as err:

@@ -121,6 +121,20 @@ class JobIndex:
             self._tiles[path] = (mtime, tiles)
         return tiles
 
+    def tiles(self, slide_id: str) -> SlideTiles | None:
+        """The tiling of one slide, without scanning the job (the DZI routes ask for it on every tile): None unless
+        `slide_id` names a real folder directly inside the job whose coords.h5 lies inside it and reads."""
+        if not slide_id or slide_id.startswith(".") or "/" in slide_id or "\\" in slide_id:
+            return None
+        folder = self.root / slide_id
+        if folder.is_symlink() or not folder.is_dir():
+            return None
+        coords = inside(self.root, folder / COORDS_FILENAME)
+        try:
+            return self._coords(coords) if coords is not None else None
+        except (CoordsFileError, OSError):
+            return None
+
     def _folders(self) -> list[Path]:
         """Slide folders: real directories inside the job (a symlink out of it is not one)."""
         found = []
