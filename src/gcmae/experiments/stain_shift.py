@@ -138,7 +138,7 @@ def figure(images: torch.Tensor, seeds: list[int], strength: float, normalizer: 
         axes[r, 0].set_ylabel(name, fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
+    fig.savefig(path, dpi=60)
     plt.close(fig)
     return path
 
