@@ -175,3 +175,21 @@ def test_bad_targets_and_edited_records_are_refused_with_the_reason(tmp_path):
         StainNormalizer.from_dict(d)
     with pytest.raises(StainError, match="not a stored stain normaliser"):
         StainNormalizer.from_dict({"method": "macenko"})
+
+
+def test_saturated_debris_is_normalised_by_reinhard_but_passed_through_by_macenko():
+    # real CRC debris tiles whose blue channel is near 255: almost no pixel has OD >= 0.15 in *every* channel,
+    # which Macenko needs, while Reinhard only needs pixels that are not background
+    names = ["DEB-TCGA-DKYWVQIP", "DEB-TCGA-EIIQLRRN", "DEB-TCGA-VFLRIKDV"]
+    x = _batch([_rgb(SAMPLES / "crc-val-he-7k" / "DEB" / f"{n}.png") for n in names])
+    assert StainNormalizer.fit(None, "macenko").normalize(x).failed.tolist() == [True, True, True]
+    out = StainNormalizer.fit(None, "reinhard").normalize(x)
+    assert out.failed.tolist() == [False, False, False] and not torch.equal(out.images, x)
+
+
+def test_stored_ids_stay_stable_and_an_earlier_reinhard_record_is_refused():
+    assert StainNormalizer.fit(None, "macenko").id == "macenko-8e46bc59"  # the id docs/stain.md quotes
+    old = StainNormalizer.fit(None, "reinhard").to_dict()
+    del old["tissue_rule"], old["id"]  # what the first release stored
+    with pytest.raises(StainError, match="earlier gcmae.*re-extract"):
+        StainNormalizer.from_dict(old)

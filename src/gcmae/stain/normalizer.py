@@ -79,11 +79,17 @@ def _to_chw255(image: ImageLike) -> tuple[torch.Tensor, str, str]:
     return t, digest, "array"
 
 
-def tissue_fraction(image: torch.Tensor, io: float = IO, beta: float = BETA) -> float:
+# which pixels count as stained: Macenko needs optical density >= beta in every channel (the pixels torchstain
+# estimates the stain vectors from); Reinhard only needs a pixel that is not background, so saturated tiles whose
+# blue channel is near 255 (dense debris, some lymphocyte sheets) are normalised instead of passed through
+TISSUE_RULES = {"macenko": "od_every_channel", "reinhard": "od_any_channel"}
+
+
+def tissue_fraction(image: torch.Tensor, io: float = IO, beta: float = BETA, rule: str = "od_every_channel") -> float:
     """Share of the pixels of a (3, H, W) [0, 255] image whose optical density is >= `beta` in every channel
-    (the pixels Macenko estimates stain vectors from)."""
-    od = -torch.log((image.float() + 1.0) / io)
-    return float((od >= beta).all(dim=0).float().mean())
+    (`rule` "od_every_channel") or in at least one ("od_any_channel")."""
+    stained = -torch.log((image.float() + 1.0) / io) >= beta
+    return float((stained.all(dim=0) if rule == "od_every_channel" else stained.any(dim=0)).float().mean())
 
 
 class StainNormalizer:
@@ -121,7 +127,7 @@ class StainNormalizer:
             raise StainError(f"stain normalisation method must be one of {', '.join(METHODS)}, got {method!r}")
         image, digest, name = _to_chw255(DEFAULT_TARGET if target is None else target)
         where = f"stain target {target if target is not None else DEFAULT_TARGET}"
-        frac = tissue_fraction(image)
+        frac = tissue_fraction(image, rule=TISSUE_RULES[method])
         if frac < min_tissue:
             raise StainError(f"{where}: only {frac:.1%} of its pixels are stained (needs >= {min_tissue:.0%}); "
                              f"choose a tile with tissue")
@@ -161,6 +167,10 @@ class StainNormalizer:
         if consts != {"io": IO, "alpha": ALPHA, "beta": BETA}:
             raise StainError(f"stored stain normaliser uses io/alpha/beta {consts}; this version applies "
                              f"{IO}/{ALPHA}/{BETA}")
+        if d.get("tissue_rule", "od_every_channel") != TISSUE_RULES[norm.method]:
+            raise StainError(f"stored {norm.method} normaliser passes tiles through by the rule "
+                             f"{d.get('tissue_rule', 'od_every_channel')!r} (an earlier gcmae); this version uses "
+                             f"{TISSUE_RULES[norm.method]!r}: re-extract the features with this version")
         if d.get("id") not in (None, norm.id):
             raise StainError(f"stored stain normaliser's id {d.get('id')} does not match its parameters "
                              f"({norm.id}): edited?")
@@ -168,7 +178,9 @@ class StainNormalizer:
 
     def _core(self) -> dict[str, Any]:
         return {"method": self.method, "params": {k: v.tolist() for k, v in self.params.items()}, "io": IO,
-                "alpha": ALPHA, "beta": BETA, "min_tissue": self.min_tissue}
+                "alpha": ALPHA, "beta": BETA, "min_tissue": self.min_tissue,
+                # recorded where it differs from the first release's rule, so Macenko's ids stay the same
+                **({"tissue_rule": TISSUE_RULES[self.method]} if self.method == "reinhard" else {})}
 
     @property
     def id(self) -> str:
@@ -197,7 +209,7 @@ class StainNormalizer:
     def normalize_tile(self, image: torch.Tensor) -> torch.Tensor | None:
         """One (3, H, W) float [0, 255] tile normalised (float [0, 255], same device), or None when its stain
         cannot be estimated."""
-        if tissue_fraction(image) < self.min_tissue:
+        if tissue_fraction(image, rule=TISSUE_RULES[self.method]) < self.min_tissue:
             return None
         try:
             if self.method == "macenko":
