@@ -66,3 +66,15 @@ def same_images(a: str | Path, b: str | Path) -> bool:
     if not names_a or names_a != [(str(f.relative_to(b)), f.stat().st_size) for f in files_b]:
         return False
     return all(fa.read_bytes() == fb.read_bytes() for fa, fb in zip(files_a, files_b))
+
+
+
+def first_image_side(folder: str | Path) -> tuple[int, Path]:
+    """(longer side in px, path) of the first image under `folder` (sorted, recursive)."""
+    from PIL import Image
+
+    images = find_images(Path(folder))
+    if not images:
+        raise FileNotFoundError(f"{folder}: no image to take the input size from; pass --img-size")
+    with Image.open(images[0]) as im:
+        return max(im.size), images[0]

@@ -8,6 +8,7 @@ decoder, no memory bank (``load_autoencoder`` builds the whole GCMAE, for recons
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,8 @@ from gcmae.models.vit import ENCODER_PRESETS
 from gcmae.pretrained import available as available_pretrained
 from gcmae.pretrained import resolve as resolve_pretrained
 from gcmae.stain import EncoderInputStain, StainNormalizer
+
+log = logging.getLogger(__name__)
 
 POOLS = ("cls", "mean")
 RANDOM = "random"
@@ -69,6 +72,16 @@ def file_digest(path: str | Path) -> str:
             while chunk := fh.read(1 << 20):
                 digest.update(chunk)
     return digest.hexdigest()
+
+
+def random_input_size(side: int, patch_size: int | None, source: str) -> int:
+    """`--checkpoint random` without `--img-size`: the data's image side rounded to the nearest multiple of the
+    patch size (at least one patch), with a log line naming where it came from."""
+    patch = patch_size or 16
+    size = max(patch, round(side / patch) * patch)
+    log.info("--checkpoint %s without --img-size: %d px, from %s (%d px, rounded to a multiple of the patch size "
+             "%d)", RANDOM, size, source, side, patch)
+    return size
 
 
 def _random_gcmae(encoder: str, img_size: int, patch_size: int, seed: int) -> GCMAE:

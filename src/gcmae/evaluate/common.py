@@ -5,11 +5,21 @@ from pathlib import Path
 from typing import Any
 
 from gcmae.data.datasets import ImageFolderDataset
-from gcmae.data.folders import check_same_classes, open_folder
+from gcmae.data.folders import check_same_classes, first_image_side, open_folder
 from gcmae.device import resolve_device
 from gcmae.encoders.cache import FeatureSet, folder_features
-from gcmae.encoders.loading import Encoder, load_encoder
+from gcmae.encoders.loading import RANDOM, Encoder, load_encoder, random_input_size
 from gcmae.evaluate.options import BaseOptions, KNNOptions, LinprobeOptions
+
+
+def img_size_of(opts: BaseOptions) -> int | None:
+    """`--img-size`; for `--checkpoint random` without it, the size of the data (the first image of `--train`, or
+    of `--data` for visualize), rounded to a multiple of the patch size. None: the checkpoint's."""
+    folder = getattr(opts, "train", "") or getattr(opts, "data", "")
+    if opts.img_size is not None or opts.checkpoint != RANDOM or not folder:
+        return opts.img_size
+    side, image = first_image_side(folder)
+    return random_input_size(side, opts.patch_size, f"the first image of {folder} ({image.name})")
 
 
 def encoder_from_options(opts: BaseOptions) -> Encoder:
@@ -17,7 +27,7 @@ def encoder_from_options(opts: BaseOptions) -> Encoder:
     from gcmae.stain import make_normalizer
 
     stain = make_normalizer(getattr(opts, "stain_norm", None), getattr(opts, "stain_target", None) or None)
-    encoder = load_encoder(opts.checkpoint, opts.encoder, opts.img_size, opts.patch_size, opts.seed)
+    encoder = load_encoder(opts.checkpoint, opts.encoder, img_size_of(opts), opts.patch_size, opts.seed)
     encoder.stain = stain
     return encoder
 

@@ -16,7 +16,7 @@ from gcmae.data.transforms import eval_transform
 from gcmae.device import resolve_device
 from gcmae.encoders.cache import FeatureSet, folder_features
 from gcmae.encoders.loading import Encoder, load_autoencoder
-from gcmae.evaluate.common import encoder_from_options
+from gcmae.evaluate.common import encoder_from_options, img_size_of
 from gcmae.evaluate.options import VisualizeOptions, settings
 from gcmae.io.atomic import write_text_atomic
 from gcmae.scoring.report import write_report
@@ -81,7 +81,7 @@ def _attention(src: Sources) -> tuple[str, str]:
 def _reconstruction(src: Sources) -> tuple[str, str]:
     encoder, opts = src.encoder, src.opts
     imgs, _ = src.samples
-    model = load_autoencoder(opts.checkpoint, opts.encoder, opts.img_size, opts.patch_size, opts.seed)
+    model = load_autoencoder(opts.checkpoint, opts.encoder, img_size_of(opts), opts.patch_size, opts.seed)
     plot_reconstructions(model, imgs, src.out / "reconstructions.png", encoder.mean, encoder.std, src.opts.seed)
     return "reconstructions (original / masked / reconstruction / with visible patches)", "reconstructions.png"
 
