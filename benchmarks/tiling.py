@@ -47,7 +47,7 @@ import openslide
 from gcmae.slide.batch import tile_slides
 from gcmae.slide.coords import read_coords_h5
 from gcmae.slide.reader import open_slide
-from gcmae.slide.tiling import plan_grid, read_tile
+from gcmae.slide.tiling import TilingSettings, plan_grid, read_tile
 
 CMU = ROOT / "data" / "samples" / "slides" / "cmu-1-small-region.svs"
 SAT_FLOOR = 0.07
@@ -98,8 +98,9 @@ def mosaic_slide(src: Path, k: int, path: Path) -> Path:
 def run_gcmae(args: argparse.Namespace, work: Path, export_png: bool) -> int:
     out = work / ("png" if export_png else "coords")
     shutil.rmtree(out, ignore_errors=True)
-    summary = tile_slides(args.slide, out, args.tile_size, args.mpp, args.min_tissue, slide_mpp=args.slide_mpp,
-                          export_png=export_png, progress=False)
+    settings = TilingSettings(tile_size=args.tile_size, mpp=args.mpp, min_tissue=args.min_tissue,
+                              slide_mpp=args.slide_mpp, export_png=export_png)
+    summary = tile_slides(args.slide, out, settings, progress=False)
     return summary.tiles_written
 
 

@@ -42,7 +42,8 @@ def main() -> None:
                         mil_overrides={"tile_mpp": PCAM_MPP, "tile_size": PCAM_TILE, "tile_classifier": str(clf)})
     print(f"proxy ABMIL on PCam valid bags: AUC {metrics['auc']:.3f}, balanced accuracy "
           f"{metrics['balanced_accuracy']:.3f} ({metrics['test_bags']} test bags)")
-    result = diagnose(DiagnoseOptions(args.slide, metrics["model"], str(out / "diagnosis"), workers=0, device="cpu"))
+    result = diagnose(DiagnoseOptions(args.slide, metrics["model"], str(out / "diagnosis"), num_workers=0,
+                                      device="cpu"))
     print(f"{Path(args.slide).name}: {result['predicted']} {result['probabilities']}")
     if args.figures:
         stem = Path(args.slide).stem

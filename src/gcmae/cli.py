@@ -25,24 +25,6 @@ def _pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
-def _tile(args: argparse.Namespace) -> int:
-    from gcmae.slide.batch import tile_slides
-
-    summary = tile_slides(Path(args.input), Path(args.out), tile_size=args.tile_size, mpp=args.mpp,
-                          min_tissue=args.min_tissue, slide_mpp=args.slide_mpp, magnification=args.magnification,
-                          overlap=args.overlap, remove_pen=args.remove_pen, export_png=args.export_png,
-                          workers=args.workers, overwrite=args.overwrite, mask_size=args.mask_size)
-    rate = f", {summary.tiles_written / summary.seconds:.0f} tiles/s" if summary.seconds > 0 else ""
-    print(f"tiled {summary.slides_done} slide(s), skipped {summary.slides_skipped} finished, "
-          f"{summary.slides_busy} busy elsewhere, {len(summary.failures)} failed; {summary.tiles_written} tiles "
-          f"in {summary.seconds:.1f} s{rate}; outputs in {args.out} (summary.json, tiling_config.yaml)")
-    for path, reason in summary.warnings:
-        print(f"  warning: {path}: {reason}")
-    for path, reason in summary.failures:
-        print(f"  failed: {path}: {reason}")
-    return 1 if summary.failures and not (summary.slides_done or summary.slides_skipped) else 0
-
-
 def _check_data(args: argparse.Namespace) -> int:
     from gcmae.data.validation import scan_folder
     from gcmae.io.atomic import write_text_atomic
@@ -98,26 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     resume.add_argument("--no-resume", action="store_true", help="start from scratch even if a checkpoint exists")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.epochs=10 data.batch_size=64")
     p.set_defaults(func=_pretrain)
+    from gcmae.slide.commands import add_slide_parsers, add_tile_parser  # the slide commands' flags live there
 
-    p = sub.add_parser("tile", help="tissue mask + tile coordinates (coords.h5) for one slide or a folder of slides")
-    p.add_argument("input", help="a slide file or a folder of slides")
-    p.add_argument("--out", required=True, help="job folder: one sub-folder per slide")
-    p.add_argument("--tile-size", type=int, default=224, help="output tile side in px")
-    res = p.add_mutually_exclusive_group()
-    res.add_argument("--mpp", type=float, default=None, help="target microns per pixel (default: level 0)")
-    res.add_argument("--magnification", type=float, default=None,
-                     help="target objective magnification, e.g. 20 (needs openslide.objective-power)")
-    p.add_argument("--slide-mpp", type=float, default=None,
-                   help="the slide's own level-0 microns per pixel, for slides whose metadata lacks it")
-    p.add_argument("--overlap", type=int, default=0, help="px (of the output tile) shared by neighbouring tiles")
-    p.add_argument("--min-tissue", type=float, default=0.5, help="minimum tissue fraction of a kept tile")
-    p.add_argument("--remove-pen", action="store_true", help="remove red/green/blue marker ink from the tissue mask")
-    p.add_argument("--export-png", action="store_true", help="also write every kept tile as tiles/x{X}_y{Y}.png")
-    p.add_argument("--workers", type=int, default=1, help="slides tiled in parallel (processes)")
-    p.add_argument("--mask-size", type=int, default=2048,
-                   help="longest side of the thumbnail the tissue mask is made on")
-    p.add_argument("--overwrite", action="store_true", help="redo finished slides (and allow new settings)")
-    p.set_defaults(func=_tile)
+    add_tile_parser(sub)
 
     p = sub.add_parser("check-data", help="check every image under a folder; exit code 1 if any is rejected")
     p.add_argument("folder")
@@ -151,9 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     from gcmae.experiments.commands import add_experiment_parsers  # transfer, replicate
 
     add_experiment_parsers(sub)
-    from gcmae.slide.commands import add_slide_parsers  # extract, tile-classifier, heatmap, mil, diagnose
-
-    add_slide_parsers(sub)
+    add_slide_parsers(sub)  # extract, tile-classifier, heatmap, mil, diagnose
     from gcmae.serve.commands import add_serve_parser  # serve (the web viewer)
 
     add_serve_parser(sub)

@@ -115,7 +115,8 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, *, help_overrides:
         required = not _has_default(f)
         if kwargs.get("action") != "store_true":
             default = None if required else _default(f)
-            suffix = "(required)" if required and require else "" if default in (None, [], "") \
+            suffix = "(required)" if required and require and not meta.get("positional") else "" \
+                if default in (None, [], "") \
                 else f"(default: {' '.join(map(str, default)) if isinstance(default, tuple) else default})"
             text = f"{text} {suffix}".strip()
         if meta.get("choices"):
@@ -133,8 +134,9 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, *, help_overrides:
                 groups[meta["exclusive"]] = parser.add_mutually_exclusive_group()
             target = groups[meta["exclusive"]]
         names = [flag(f.name), *meta.get("aliases", ())]
-        target.add_argument(*names, dest=f.name, default=None, help=text,
-                            required=required and require and not meta.get("exclusive"), **kwargs)
+        # with old spellings argparse cannot tell the flag is there: from_args checks it instead
+        strict = required and require and not meta.get("exclusive") and not meta.get("deprecated")
+        target.add_argument(*names, dest=f.name, default=None, help=text, required=strict, **kwargs)
         for old in meta.get("deprecated", ()):
             _add_deprecated(parser, old, f.name, names[0], kwargs)
 
@@ -163,8 +165,13 @@ def given(cls: type, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def from_args(cls: type, args: argparse.Namespace, **extra: Any) -> Any:
-    """`cls` from its defaults and the flags given (tuple fields as tuples); `extra` sets other fields."""
+    """`cls` from its defaults and the flags given (tuple fields as tuples); `extra` sets other fields.
+    ValueError naming the flag when a field without a default was not given."""
     hints = typing.get_type_hints(cls)
+    missing = [flag(f.name) for f in _fields(cls) if not _has_default(f) and f.name not in extra
+               and getattr(args, f.name, None) is None]
+    if missing:
+        raise ValueError(f"missing {', '.join(missing)}")
     values: dict[str, Any] = {}
     for name, value in given(cls, args).items():
         values[name] = tuple(value) if typing.get_origin(_strip_none(hints[name])) is tuple else value

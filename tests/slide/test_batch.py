@@ -1,4 +1,4 @@
-"""Batch tiling with worker processes (``gcmae tile --workers N``) on copies of the real CMU slide: the same
+"""Batch tiling with worker processes (``gcmae tile --num-workers N``) on copies of the real CMU slide: the same
 outputs as tiling each slide alone, a SIGKILLed worker or a SIGKILLed job finished by a re-run with no slide
 missing or tiled twice, the job's summary and settings, and the command line."""
 from __future__ import annotations
@@ -52,7 +52,7 @@ def test_workers_give_the_outputs_of_tiling_alone(tmp_path: Path, reference: dic
     src = _slides(tmp_path / "slides", ["a", "b", "c"],
                   {"truncated.svs": data[: len(data) // 2], "text.svs": b"not a slide\n"})
     out = tmp_path / "out"
-    summary = tile_slides(src, out, workers=2, **OPTS)
+    summary = tile_slides(src, out, num_workers=2, **OPTS)
     assert (summary.slides_done, summary.slides_skipped, summary.slides_busy) == (3, 0, 0)
     assert sorted(p.name for p, _ in summary.failures) == ["text.svs", "truncated.svs"]
     assert all("not a supported slide format or corrupt" in r for _, r in summary.failures)
@@ -74,7 +74,7 @@ def test_workers_give_the_outputs_of_tiling_alone(tmp_path: Path, reference: dic
                                   "min_tissue": 0.5, "overlap": 0, "mask_size": 512, "remove_pen": False,
                                   "export_png": True}
 
-    again = tile_slides(src, out, workers=2, **OPTS)
+    again = tile_slides(src, out, num_workers=2, **OPTS)
     assert (again.slides_done, again.slides_skipped, len(again.failures)) == (0, 3, 2)
     assert json.loads((out / "summary.json").read_text())["job"] == {"slides_finished": 3, "tiles": 3 * n}
     with pytest.raises(ValueError, match=r"tiled with other settings \(tile_size: 256 -> 224"):
@@ -106,7 +106,7 @@ def test_a_killed_worker_fails_only_its_slides_and_a_rerun_finishes(tmp_path: Pa
     killed: list[tuple[str, int]] = []
     watcher = threading.Thread(target=_kill_when_half_written, args=(out, names, killed), daemon=True)
     watcher.start()
-    first = tile_slides(src, out, workers=2, **OPTS)
+    first = tile_slides(src, out, num_workers=2, **OPTS)
     watcher.join()
     assert killed, "no worker was caught mid-slide"
     victim = killed[0][0]
@@ -116,7 +116,7 @@ def test_a_killed_worker_fails_only_its_slides_and_a_rerun_finishes(tmp_path: Pa
     assert first.slides_done == len(names) - len(failed)  # a new pool went on with the rest
     assert not (out / victim / "coords.h5").exists()
 
-    second = tile_slides(src, out, workers=2, **OPTS)
+    second = tile_slides(src, out, num_workers=2, **OPTS)
     assert (second.slides_done, second.slides_skipped, second.failures) == (len(failed), len(names) - len(failed), [])
     for name in names:
         assert outputs(out / name) == reference, name
@@ -125,12 +125,12 @@ def test_a_killed_worker_fails_only_its_slides_and_a_rerun_finishes(tmp_path: Pa
 
 
 def test_a_killed_job_is_finished_by_running_it_again(tmp_path: Path, reference: dict[str, object]) -> None:
-    """`gcmae tile --workers 2` SIGKILLed as a whole (process group: the job and its workers) mid-run."""
+    """`gcmae tile --num-workers 2` SIGKILLed as a whole (process group: the job and its workers) mid-run."""
     names = ["a", "b", "c", "d"]
     src, out = _slides(tmp_path / "slides", names), tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    cmd = [sys.executable, "-m", "gcmae", "tile", str(src), "--out", str(out), "--tile-size", "256", "--workers",
-           "2", "--export-png", "--mask-size", "512"]
+    cmd = [sys.executable, "-m", "gcmae", "tile", str(src), "--out", str(out), "--tile-size", "256",
+           "--num-workers", "2", "--export-png", "--mask-size", "512"]
     job = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
@@ -149,7 +149,7 @@ def test_a_killed_job_is_finished_by_running_it_again(tmp_path: Path, reference:
     finished = {n: (out / n / "coords.h5").stat().st_mtime_ns for n in names if (out / n / "coords.h5").exists()}
     assert 0 < len(finished) < len(names)
 
-    summary = tile_slides(src, out, workers=2, **OPTS)
+    summary = tile_slides(src, out, num_workers=2, **OPTS)
     assert summary.failures == [] and summary.slides_busy == 0
     assert (summary.slides_done, summary.slides_skipped) == (len(names) - len(finished), len(finished))
     assert {n: (out / n / "coords.h5").stat().st_mtime_ns for n in finished} == finished  # not redone
@@ -163,7 +163,7 @@ def test_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     shutil.copy(SAMPLES / "slides" / "tcga-cr-7395-01a-01-ts1.svs", src / "tcga.svs")
     out = tmp_path / "job"
     rc = main(["tile", str(src), "--out", str(out), "--mpp", "1.0", "--tile-size", "128", "--overlap", "32",
-               "--min-tissue", "0.6", "--remove-pen", "--workers", "2", "--mask-size", "512"])
+               "--min-tissue", "0.6", "--remove-pen", "--num-workers", "2", "--mask-size", "512"])
     assert rc == 0
     printed = capsys.readouterr().out
     assert "tiled 1 slide(s)" in printed and "2 failed" in printed and "text.svs" in printed

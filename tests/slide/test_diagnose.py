@@ -83,7 +83,8 @@ def test_diagnose_writes_prediction_heatmaps_and_report(model_dir, tmp_path, cap
     monkeypatch.setattr(bags, "load_bag", _counting(bags.load_bag, bag_loads))
     for module in (diagnose_module, heatmap_module):  # imported by name there
         monkeypatch.setattr(module, "load_bag", bags.load_bag, raising=False)
-    again = diagnose(DiagnoseOptions(str(SLIDE), str(model_dir), str(out), workers=0, device="cpu"), progress=False)
+    again = diagnose(DiagnoseOptions(str(SLIDE), str(model_dir), str(out), num_workers=0, device="cpu"),
+                     progress=False)
     assert again["probabilities"] == r["probabilities"]
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items()), "a re-run redid finished work"
     assert len(thumbnails) == 1 and len(bag_loads) == 1  # both heatmaps drawn from one read of each

@@ -31,8 +31,7 @@ from gcmae.io.paths import sweep_dead_claimers, unique_names
 from gcmae.io.shared_csv import rewrite_shared_csv
 from gcmae.slide.coords import COORDS_FILENAME
 from gcmae.slide.reader import SlideReadError
-from gcmae.slide.tiling import SlideMetadataError, TilingSettings, tile_slide
-from gcmae.slide.tissue import DEFAULT_MASK_SIZE
+from gcmae.slide.tiling import SlideMetadataError, TilingSettings, tile_slide, tiling_settings
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +88,7 @@ def _tile_one(slide: Path, out_dir: Path, name: str, settings: TilingSettings, o
     """Tile one slide; runs in the main process or in a worker (a module-level function: spawn-safe)."""
     t0 = time.perf_counter()
     try:
-        result = tile_slide(slide, out_dir, **asdict(settings), name=name, overwrite=overwrite, progress=progress)
+        result = tile_slide(slide, out_dir, settings, name=name, overwrite=overwrite, progress=progress)
     except (SlideReadError, SlideMetadataError) as exc:
         if not catch:
             raise
@@ -125,13 +124,12 @@ def _run_pool(slides: list[Path], names: dict[Path, str], jobs: dict[str, Any], 
                 yield SlideOutcome(slide, names[slide], "failed", reason=WORKER_DIED)
 
 
-def tile_slides(inputs: str | Path, out_dir: str | Path, tile_size: int = 224, mpp: float | None = None,
-                min_tissue: float = 0.5, *, slide_mpp: float | None = None, magnification: float | None = None,
-                overlap: int = 0, mask_size: int = DEFAULT_MASK_SIZE, remove_pen: bool = False,
-                export_png: bool = False, workers: int = 1, overwrite: bool = False,
-                progress: bool = True) -> TilingSummary:
-    """Tile a slide file or every slide in a folder (see :func:`gcmae.slide.tiling.tile_slide` for the
-    options), with ``workers`` processes (1: in this process).
+def tile_slides(inputs: str | Path, out_dir: str | Path, settings: TilingSettings | None = None, *,
+                num_workers: int = 1, overwrite: bool = False, progress: bool = True,
+                **fields: Any) -> TilingSummary:
+    """Tile a slide file or every slide in a folder with ``settings`` (``fields``: :class:`TilingSettings`
+    fields to replace, e.g. ``tile_size=256``), with ``num_workers`` processes (1: in this process). The
+    settings object goes to every worker as it is.
 
     Folder: unreadable slides (and slides lacking the metadata a requested ``mpp``/``magnification``
     needs) are reported, listed in ``out_dir/failures.csv`` (path, reason) and skipped. Single file: such
@@ -139,8 +137,10 @@ def tile_slides(inputs: str | Path, out_dir: str | Path, tile_size: int = 224, m
     ValueError when ``out_dir`` was tiled with other settings (unless ``overwrite``).
     """
     inputs, out_dir = Path(inputs), Path(out_dir)
-    if workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
+    if num_workers < 1:
+        raise ValueError(f"num_workers must be >= 1, got {num_workers}")
+    settings = tiling_settings(settings, **fields)
+    settings.check()
     folder_mode = inputs.is_dir()
     if folder_mode:
         slides = find_slides(inputs)
@@ -150,18 +150,16 @@ def tile_slides(inputs: str | Path, out_dir: str | Path, tile_size: int = 224, m
         slides = [inputs]
     else:
         raise FileNotFoundError(f"no such slide file or folder: {inputs}")
-    settings = TilingSettings(tile_size, mpp, magnification, slide_mpp, min_tissue, overlap, mask_size,
-                              remove_pen, export_png)
     _check_and_save_config(out_dir, settings, inputs, overwrite)
     sweep_dead_claimers(out_dir)
     names = unique_names(slides)  # safe folder name per slide; two slides never share one
     jobs = {"out_dir": out_dir, "settings": settings, "overwrite": overwrite, "catch": folder_mode}
     summary, settled, started = TilingSummary(), [], time.perf_counter()
     bar = tqdm(total=len(slides), desc="slides", unit="slide", disable=not progress or len(slides) < 2)
-    if workers == 1 or len(slides) == 1:
+    if num_workers == 1 or len(slides) == 1:
         outcomes: Iterator[SlideOutcome] = (_tile_one(s, name=names[s], progress=progress, **jobs) for s in slides)
     else:
-        outcomes = _run_pool(slides, names, {**jobs, "progress": False}, min(workers, len(slides)))
+        outcomes = _run_pool(slides, names, {**jobs, "progress": False}, min(num_workers, len(slides)))
     for outcome in outcomes:
         bar.update()
         summary.outcomes.append(outcome)

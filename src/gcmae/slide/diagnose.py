@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -23,26 +23,13 @@ from gcmae.slide.bags import feature_filename, load_bag
 from gcmae.slide.features import extract_job, load_recorded_encoder
 from gcmae.slide.heatmap import heatmap_slide, slide_thumbnail
 from gcmae.slide.mil import attend_bag, load_mil_model
+from gcmae.slide.options import DiagnoseOptions
 from gcmae.slide.tile_classifier import load_tile_classifier
+from gcmae.slide.tiling import TilingSettings
 
 log = logging.getLogger(__name__)
 
 TOP_TILES = 5
-
-
-@dataclass
-class DiagnoseOptions:
-    slide: str
-    model: str  # MIL model folder (gcmae mil train)
-    out: str | None = None  # default runs/diagnose/<slide stem>
-    mpp: float | None = None  # default: the model's tile MPP
-    slide_mpp: float | None = None  # for slides without MPP metadata
-    tile_size: int | None = None  # default: the model's tile size
-    min_tissue: float = 0.5
-    batch_size: int = 64
-    workers: int = 2
-    device: str = "auto"
-    precision: str = "fp32"  # bf16: autocast the encoder (GPUs)
 
 
 def _tiling(opts: DiagnoseOptions, tiles: dict[str, Any]) -> tuple[float, int, list[str]]:
@@ -75,13 +62,13 @@ def diagnose(opts: DiagnoseOptions, progress: bool = True) -> dict[str, Any]:
     mpp, tile_size, notes = _tiling(opts, mil.config.get("tiles") or {})
     encoder = load_recorded_encoder(record)  # checks the checkpoint still has the recorded digest
     out = Path(opts.out or Path("runs/diagnose") / safe_name(slide.stem))
-    tiling = tile_slides(slide, out, tile_size=tile_size, mpp=mpp, min_tissue=opts.min_tissue,
-                         slide_mpp=opts.slide_mpp, progress=progress)
+    settings = TilingSettings(tile_size=tile_size, mpp=mpp, slide_mpp=opts.slide_mpp, min_tissue=opts.min_tissue)
+    tiling = tile_slides(slide, out, settings, progress=progress)
     if tiling.slides_busy:
         raise BlockingIOError(f"{slide} is being tiled into {out} by another process; try again when it is done")
     slide_dir = out / tiling.outcomes[0].name
     device = resolve_device(opts.device)
-    summary = extract_job(out, encoder, record, opts.batch_size, opts.workers, device, names=[slide_dir.name],
+    summary = extract_job(out, encoder, record, opts.batch_size, opts.num_workers, device, names=[slide_dir.name],
                           precision=opts.precision, progress=progress)
     if summary.busy:
         raise BlockingIOError(f"{slide} is being embedded in {out} by another process; try again when it is done")

@@ -12,7 +12,7 @@ import logging
 import shutil
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ from gcmae.scoring.report import dumps_json, metrics_table
 from gcmae.seeding import derive_seed
 from gcmae.slide.bag_store import BagFeatures, BagInfo
 from gcmae.slide.bags import MATCH_KEYS, find_bags, load_bag, read_labels_csv, sorted_classes
+from gcmae.slide.options import MILTrainOptions
 from gcmae.slide.mil import CONFIG_FILE, FORMAT, MODEL_FILE, ABMILConfig, GatedABMIL, MILModel, load_mil_model, \
     save_weights
 from gcmae.slide.tile_classifier import check_features_match, load_tile_classifier
@@ -40,33 +41,6 @@ ENCODER_KEYS = ("weights_id", "checkpoint", "checkpoint_sha256", "encoder", "pat
                 "feature_dim", "mean", "std", "seed", "encoder_description", "tag", "stain", "stain_id")
 TILE_KEYS = ("tile_size", "tile_mpp", "level", "read_size", "step", "extent")
 CLASSIFIER_DIR = "tile_classifier"
-
-
-@dataclass
-class MILTrainOptions:
-    features: str  # a JOB_DIR of gcmae extract, or a folder of per-slide .h5/.npz/.pt bags
-    labels: str  # CSV slide_id,label
-    out: str
-    tag: str | None = None  # which features_<tag>.h5 of a JOB_DIR, when slides have several
-    hidden_dim: int = 128
-    attn_dim: int = 128
-    dropout: float = 0.25
-    lr: float = 2e-4
-    weight_decay: float = 1e-4
-    epochs: int = 50
-    patience: int = 10  # epochs without improvement of the monitored value before stopping
-    monitor: str = "loss"  # "loss" (validation loss) or "auc" (validation AUC)
-    val_fraction: float = 0.25  # 0: no validation, the last epoch is kept
-    max_tiles: int | None = None  # a random subset of at most this many tiles per bag and training step
-    seed: int = 0
-    device: str = "auto"
-    skip_missing: bool = False  # slides of the CSV without a bag are skipped instead of an error
-    tile_mpp: float | None = None  # for bags that do not record their tiling (e.g. generic folders)
-    tile_size: int | None = None
-    tile_classifier: str | None = None  # copied into the model folder for gcmae diagnose
-    overwrite: bool = False
-    cpu_threads: int | None = 1  # MIL steps are tiny: one thread avoids thread-pool overhead (~1 vs 3 ms/step)
-    max_preload_gb: float = 4.0  # bags are held in memory up to this many GB; the rest are re-read at each use
 
 
 def _load_labelled_bags(opts: MILTrainOptions, device: torch.device,

@@ -16,9 +16,9 @@ import json
 import logging
 import math
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -26,13 +26,14 @@ from tqdm import tqdm
 
 from gcmae.io.atomic import atomic_path, write_text_atomic
 from gcmae.io.paths import claim, lock_owner, safe_name
+from gcmae.options import option
 from gcmae.slide.coords import COORDS_FILENAME, SlideTiles, TileGrid, write_coords_h5
 from gcmae.slide.reader import SlideReader, SlideReadError, open_slide
 from gcmae.slide.tissue import DEFAULT_MASK_SIZE, TissueMask, slide_tissue_mask
 
 __all__ = ["MissingMPPError", "MissingMagnificationError", "SlideMetadataError", "SlideReadError",
-           "SlideTilingResult", "TileGrid", "TileRecord", "plan_grid", "read_tile", "tile_slide",
-           "tissue_fractions"]
+           "SlideTilingResult", "TileGrid", "TileRecord", "TilingSettings", "plan_grid", "read_tile", "tile_slide",
+           "tiling_settings", "tissue_fractions"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,17 +42,34 @@ _PNG_COMPRESS_LEVEL = 3  # lossless either way; lower = faster writes, larger fi
 
 @dataclass(frozen=True)
 class TilingSettings:
-    """Everything that decides what a job's outputs contain (saved as ``tiling_config.yaml``)."""
+    """Everything that decides what a job's outputs contain (saved as ``tiling_config.yaml``); its fields are the
+    flags of ``gcmae tile``."""
 
-    tile_size: int = 224
-    mpp: float | None = None
-    magnification: float | None = None
-    slide_mpp: float | None = None
-    min_tissue: float = 0.5
-    overlap: int = 0
-    mask_size: int = DEFAULT_MASK_SIZE
-    remove_pen: bool = False
-    export_png: bool = False
+    tile_size: int = option(224, help="output tile side in px")
+    mpp: float | None = option(None, exclusive="resolution", help="target microns per pixel (default: level 0)")
+    magnification: float | None = option(None, exclusive="resolution",
+                                         help="target objective magnification, e.g. 20 (needs "
+                                              "openslide.objective-power)")
+    slide_mpp: float | None = option(None, help="the slide's own level-0 microns per pixel, for slides whose "
+                                                "metadata lacks it")
+    min_tissue: float = option(0.5, help="minimum tissue fraction of a kept tile")
+    overlap: int = option(0, help="px (of the output tile) shared by neighbouring tiles")
+    mask_size: int = option(DEFAULT_MASK_SIZE, help="longest side of the thumbnail the tissue mask is made on")
+    remove_pen: bool = option(False, help="remove red/green/blue marker ink from the tissue mask")
+    export_png: bool = option(False, help="also write every kept tile as tiles/x{X}_y{Y}.png")
+
+    def check(self) -> None:
+        """ValueError for values no slide can be tiled with."""
+        if self.tile_size < 1 or not 0.0 <= self.min_tissue <= 1.0:
+            raise ValueError(f"need tile_size >= 1 and 0 <= min_tissue <= 1, got {self.tile_size}, {self.min_tissue}")
+        for label, value in (("mpp", self.mpp), ("slide_mpp", self.slide_mpp), ("magnification", self.magnification)):
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{label} must be a positive number, got {value}")
+
+
+def tiling_settings(settings: TilingSettings | None = None, **fields: Any) -> TilingSettings:
+    """``settings`` (default: the defaults) with ``fields`` replaced: the keyword shorthand of the Python API."""
+    return replace(settings or TilingSettings(), **fields) if fields else settings or TilingSettings()
 
 
 class SlideMetadataError(ValueError):
@@ -207,12 +225,11 @@ def mpp_override_warning(given: float | None, metadata: float | None) -> str | N
             f"scaled by {given / metadata:.3g}); recorded as slide_mpp_source / metadata_mpp in coords.h5")
 
 
-def tile_slide(path: str | Path, out_dir: str | Path, tile_size: int = 224, mpp: float | None = None,
-               min_tissue: float = 0.5, *, slide_mpp: float | None = None, magnification: float | None = None,
-               overlap: int = 0, name: str | None = None, mask_size: int = DEFAULT_MASK_SIZE,
-               remove_pen: bool = False, export_png: bool = False, overwrite: bool = False,
-               progress: bool = True) -> SlideTilingResult:
-    """Tile one slide into ``out_dir/<safe_name(name or slide stem)>/`` (see module doc).
+def tile_slide(path: str | Path, out_dir: str | Path, settings: TilingSettings | None = None, *,
+               name: str | None = None, overwrite: bool = False, progress: bool = True,
+               **fields: Any) -> SlideTilingResult:
+    """Tile one slide into ``out_dir/<safe_name(name or slide stem)>/`` (see module doc) with ``settings``
+    (``fields``: :class:`TilingSettings` fields to replace, e.g. ``tile_size=256``).
 
     Keeps the grid tiles (:func:`plan_grid`) whose :func:`tissue_fractions` value is ``>= min_tissue``.
     Skips the slide (``skipped=True``) if its ``coords.h5`` exists, unless ``overwrite``, and (``busy=True``)
@@ -222,11 +239,8 @@ def tile_slide(path: str | Path, out_dir: str | Path, tile_size: int = 224, mpp:
     removes the slide's partial output, so nothing half-done looks like a result.
     """
     path, out_dir = Path(path), Path(out_dir)
-    if tile_size < 1 or not 0.0 <= min_tissue <= 1.0:
-        raise ValueError(f"need tile_size >= 1 and 0 <= min_tissue <= 1, got {tile_size}, {min_tissue}")
-    for label, value in (("mpp", mpp), ("slide_mpp", slide_mpp), ("magnification", magnification)):
-        if value is not None and not (math.isfinite(value) and value > 0):
-            raise ValueError(f"{label} must be a positive number, got {value}")
+    settings = tiling_settings(settings, **fields)
+    settings.check()
     slide_dir = out_dir / safe_name(name or path.stem)
     coords_path = slide_dir / COORDS_FILENAME
     lock = out_dir / f".{slide_dir.name}.lock"
@@ -243,8 +257,6 @@ def tile_slide(path: str | Path, out_dir: str | Path, tile_size: int = 224, mpp:
             return SlideTilingResult(slide=path, out_dir=slide_dir, skipped=True, busy=True)
         if coords_path.exists() and not overwrite:  # finished by another process in the meantime
             return SlideTilingResult(slide=path, out_dir=slide_dir, skipped=True)
-        settings = TilingSettings(tile_size, mpp, magnification, slide_mpp, min_tissue, overlap, mask_size, remove_pen,
-                                  export_png)
         return _tile_claimed(path, slide_dir, settings, progress)
 
 
