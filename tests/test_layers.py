@@ -15,6 +15,7 @@ FORBIDDEN = {
     "config": ABOVE_CORE | {"io", "models", "data"},
     "device": ABOVE_CORE | {"io", "models", "data"},
     "options": ABOVE_CORE | {"io", "models", "data"},
+    "progress": ABOVE_CORE | {"io", "models", "data"},
     "losses": ABOVE_CORE | {"io", "models", "data"},
     "models": ABOVE_CORE | {"io", "data"},
     "data": ABOVE_CORE | {"models"},

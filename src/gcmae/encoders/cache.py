@@ -130,7 +130,8 @@ def folder_features(
     model = encoder.model.to(device)
     stain = encoder.stain_step()
     dropped: list[int] = []
-    feats, labels = extract_features(model, dataset, pool, batch_size, num_workers, device, stain, dropped)
+    feats, labels = extract_features(model, dataset, pool, batch_size, num_workers, device, stain, dropped,
+                                     progress=f"embedding {dataset.root.name}")
     excluded = [(files[i], _read_error(dataset, i)) for i in sorted(dropped)]
     skip = set(dropped)
     fs = FeatureSet(feats.float().contiguous(), labels.long(), list(dataset.classes),
