@@ -10,6 +10,7 @@ import pytest
 
 from gcmae.cli import build_parser, main
 from gcmae.evaluate.options import FinetuneOptions, KNNOptions, resolve_options
+from gcmae.experiments.commands import TransferFlags
 from gcmae.options import from_args
 from gcmae.slide.options import DiagnoseOptions, ExtractOptions, TileClassifierOptions, TileJobOptions
 
@@ -21,6 +22,7 @@ CASES = [  # (command, old argv, new argv, options class)
      ["--train-dir", "T", "--val-dir", "V", "--c", "0.5", "--workers", "2"],
      ["--train", "T", "--val", "V", "--logreg-c", "0.5", "--num-workers", "2"], TileClassifierOptions),
     (["diagnose", "S", "--model", "M"], ["--workers", "0"], ["--num-workers", "0"], DiagnoseOptions),
+    (["transfer", "--checkpoint", "random"], ["--workers", "2"], ["--num-workers", "2"], TransferFlags),
 ]
 
 
@@ -36,7 +38,7 @@ def test_old_spellings_give_the_same_settings_with_a_note(base, old, new, cls, c
 
 
 @pytest.mark.parametrize("command", [["tile"], ["extract"], ["tile-classifier", "train"], ["diagnose"],
-                                     ["knn"], ["linprobe"], ["finetune"]])
+                                     ["knn"], ["linprobe"], ["finetune"], ["transfer"]])
 def test_help_shows_only_the_new_spellings(command, capsys):
     with pytest.raises(SystemExit):
         main([*command, "--help"])
@@ -83,3 +85,15 @@ def test_random_init_size_is_rounded_to_the_patch_size(tmp_path):
     assert img_size_of(opts) == 96  # 100 px -> the nearest multiple of 16
     assert img_size_of(KNNOptions(checkpoint="random", train=str(tmp_path), img_size=64)) == 64
     assert img_size_of(KNNOptions(checkpoint="ckpt.pth", train=str(tmp_path))) is None
+
+
+def test_transfer_random_models_take_the_first_evaluation_sets_size(pcam_pair):
+    from gcmae.evaluate.protocols import EvalSet
+    from gcmae.experiments.commands import _random_sizes
+    from gcmae.experiments.transfer import ModelSpec, TransferConfig
+
+    cfg = TransferConfig(models=[ModelSpec("r", "random", encoder="vit_tiny"),
+                                 ModelSpec("s", "random", encoder="vit_tiny", img_size=32)])
+    cfg.eval.eval_sets = [EvalSet("pcam", str(pcam_pair[0]), str(pcam_pair[1]))]
+    _random_sizes(cfg)
+    assert [m.img_size for m in cfg.models] == [96, 32]

@@ -88,3 +88,15 @@ def test_unsupported_types_are_rejected():
 
     with pytest.raises(TypeError, match="unsupported"):
         add_arguments(argparse.ArgumentParser(), Bad)
+
+
+def test_a_positional_list_takes_zero_or_more_values():
+    @dataclass(kw_only=True)
+    class WithOverrides:
+        config: str = option(help="yaml")
+        overrides: list[str] = option(default_factory=list, positional=True)
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, WithOverrides)
+    assert from_args(WithOverrides, parser.parse_args(["--config", "c"])) == WithOverrides(config="c")
+    assert from_args(WithOverrides, parser.parse_args(["--config", "c", "a=1", "b=2"])).overrides == ["a=1", "b=2"]

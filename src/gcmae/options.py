@@ -9,7 +9,7 @@ field's metadata, written with `option(...)`:
         num_workers: int = option(2, help="DataLoader processes", deprecated=("--workers",))
 
 Types: `int`, `float`, `str` (and `X | None`), `bool` (a `--flag` that sets True), `tuple[T, ...]` (one or more
-values), `tuple[T, T]` (exactly two), `list[T]` (a repeatable flag). Every flag defaults to None, meaning "not
+values), `tuple[T, T]` (exactly two), `list[T]` (a repeatable flag; positional: zero or more values). Every flag defaults to None, meaning "not
 given", so `from_args` keeps the dataclass default and callers can layer a YAML file underneath. `deprecated`
 spellings still work, are hidden from --help, and print a one-line note naming the new spelling.
 """
@@ -126,7 +126,11 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, *, help_overrides:
         elif "nargs" in kwargs:
             kwargs["metavar"] = "N" if kwargs["type"] in (int, float) else "VALUE"
         if meta.get("positional"):
-            parser.add_argument(f.name, help=text, **({} if required else {"nargs": "?", "default": None}), **kwargs)
+            if kwargs.get("action") == "append":  # a positional list: zero or more values
+                kwargs = {"nargs": "*", "type": kwargs["type"]}
+            elif not required:
+                kwargs["nargs"] = "?"
+            parser.add_argument(f.name, help=text, default=None, **kwargs)
             continue
         target: Any = parser
         if meta.get("exclusive"):
