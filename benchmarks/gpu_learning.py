@@ -301,11 +301,11 @@ def extract_stage(b: Bench, rec: dict[str, Any]) -> None:
     b.check(rc, "tile")
     ckpt = checkpoint(b, RUNS[0][0])
     enc = (["--checkpoint", str(ckpt)] if ckpt.exists()
-           else ["--random-init", a.encoder, "--img-size", "96", "--patch-size", "16"])
+           else ["--checkpoint", "random", "--encoder", a.encoder, "--img-size", "96", "--patch-size", "16"])
     cmd = [sys.executable, "-m", "gcmae", "extract", str(job), *enc, "--device", a.device,
            "--precision", "bf16" if cuda else "fp32", "--batch-size", str(a.batch if cuda else 32),
-           "--workers", "8" if cuda else "0"]
-    rec.update(tile_overlap=overlap, tile_seconds=round(secs, 1), encoder=" ".join(enc[:2]), device=a.device)
+           "--num-workers", "8" if cuda else "0"]
+    rec.update(tile_overlap=overlap, tile_seconds=round(secs, 1), encoder=" ".join(enc[:4]), device=a.device)
     rc, secs = b.run(cmd, "extract", 120.0 if cuda else 60.0)
     b.check(rc, "extract")
     m = re.search(r"embedded \((\d+) tiles\)", (b.out / "logs" / "extract.log").read_text())
