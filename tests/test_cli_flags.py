@@ -97,3 +97,11 @@ def test_transfer_random_models_take_the_first_evaluation_sets_size(pcam_pair):
     cfg.eval.eval_sets = [EvalSet("pcam", str(pcam_pair[0]), str(pcam_pair[1]))]
     _random_sizes(cfg)
     assert [m.img_size for m in cfg.models] == [96, 32]
+
+
+def test_checkpoint_is_required_and_exclusive_with_its_old_spelling(tmp_path, capsys):
+    assert main(["extract", str(tmp_path)]) == 2
+    assert "missing --checkpoint" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["extract", str(tmp_path), "--checkpoint", "c.pth", "--random-init", "vit_tiny"])
+    assert "not both" in capsys.readouterr().err

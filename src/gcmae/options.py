@@ -100,12 +100,24 @@ def _type_kwargs(tp: Any) -> dict[str, Any]:
     raise TypeError(f"unsupported option type {tp}")
 
 
-def add_arguments(parser: argparse.ArgumentParser, cls: type, *, help_overrides: Mapping[str, str] | None = None,
-                  require: bool = True) -> None:
+def _suffix(f: dataclasses.Field[Any], required: bool) -> str:
+    """What --help adds to a field's text: `(required)`, `(default: X)`, or nothing for an empty default."""
+    if required:
+        return "(required)"
+    if not _has_default(f):
+        return ""
+    default = _default(f)
+    if default in (None, [], ""):
+        return ""
+    return f"(default: {' '.join(map(str, default)) if isinstance(default, tuple) else default})"
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls: type, *,
+                  help_overrides: Mapping[str, str] | None = None) -> None:
     """One argument per field of `cls` (fields with `cli=False` skipped), each defaulting to None ("not given").
 
-    Fields without a dataclass default are required (unless `require=False`: a config file may still supply them,
-    and the caller checks); positional fields are positional arguments."""
+    Fields without a dataclass default are required; positional fields are positional arguments. `help_overrides`:
+    field name -> help text where a shared field means something else for this command."""
     hints = typing.get_type_hints(cls)
     groups: dict[str, Any] = {}
     for f in _fields(cls):
@@ -114,11 +126,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, *, help_overrides:
         text = (help_overrides or {}).get(f.name, meta.get("help", ""))
         required = not _has_default(f)
         if kwargs.get("action") != "store_true":
-            default = None if required else _default(f)
-            suffix = "(required)" if required and require and not meta.get("positional") else "" \
-                if default in (None, [], "") \
-                else f"(default: {' '.join(map(str, default)) if isinstance(default, tuple) else default})"
-            text = f"{text} {suffix}".strip()
+            text = f"{text} {_suffix(f, required and not meta.get('positional'))}".strip()
         if meta.get("choices"):
             kwargs["choices"] = meta["choices"]
         if meta.get("metavar"):
@@ -139,7 +147,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, *, help_overrides:
             target = groups[meta["exclusive"]]
         names = [flag(f.name), *meta.get("aliases", ())]
         # with old spellings argparse cannot tell the flag is there: from_args checks it instead
-        strict = required and require and not meta.get("exclusive") and not meta.get("deprecated")
+        strict = required and not meta.get("exclusive") and not meta.get("deprecated")
         target.add_argument(*names, dest=f.name, default=None, help=text, required=strict, **kwargs)
         for old in meta.get("deprecated", ()):
             _add_deprecated(parser, old, f.name, names[0], kwargs)

@@ -32,14 +32,20 @@ def _data_side(data: str, job: bool) -> tuple[int, str]:
     return side, f"the first image of {data} ({image.name})"
 
 
+def _require_checkpoint(opts: EncoderOptions) -> EncoderOptions:
+    """`opts`, or ValueError when --checkpoint is missing (it is not an argparse-required flag: --random-init ENC,
+    its old spelling, sets it too)."""
+    if not opts.checkpoint:
+        raise ValueError("missing --checkpoint (weights, a shipped encoder's name, or 'random' with --encoder)")
+    return opts
+
+
 def _encoder(opts: EncoderOptions, data: str, job: bool = False) -> tuple[Any, dict[str, Any]]:
     """The encoder and its record; `--checkpoint random` without `--img-size` takes the size of `data`."""
     from gcmae.encoders.loading import RANDOM, load_encoder, random_input_size
     from gcmae.slide.features import encoder_record
     from gcmae.stain import make_normalizer
 
-    if not opts.checkpoint:
-        raise ValueError("missing --checkpoint (weights, a shipped encoder's name, or 'random' with --encoder)")
     stain = make_normalizer(opts.stain_norm, opts.stain_target)  # a bad target fails before the model loads
     if opts.checkpoint == RANDOM:
         size = opts.img_size
@@ -86,7 +92,7 @@ def _tile(args: argparse.Namespace) -> int:
 def _extract(args: argparse.Namespace) -> int:
     from gcmae.slide.features import extract_job, parse_shard, tiled_slides
 
-    opts = from_args(ExtractOptions, args)
+    opts = _require_checkpoint(from_args(ExtractOptions, args))
     tiled_slides(opts.job_dir)  # a missing / empty job fails before the model is loaded
     shard = parse_shard(opts.shard)
     encoder, record = _encoder(opts, opts.job_dir, job=True)
@@ -102,7 +108,7 @@ def _tile_classifier_train(args: argparse.Namespace) -> int:
     from gcmae.data.folders import open_folder
     from gcmae.slide.tile_classifier import train_tile_classifier
 
-    opts = from_args(TileClassifierOptions, args)
+    opts = _require_checkpoint(from_args(TileClassifierOptions, args))
     open_folder(opts.train)  # a bad folder fails before the model is loaded
     encoder, record = _encoder(opts, opts.train)
     cache = str(Path(opts.out) / "feature-cache") if opts.cache_dir is None else opts.cache_dir or None

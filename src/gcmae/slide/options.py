@@ -155,6 +155,8 @@ class RandomInitAlias(argparse.Action):
 
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
                  option_string: str | None = None) -> None:
+        if getattr(namespace, "checkpoint", None) not in (None, "random"):
+            parser.error(f"{option_string}: give either --checkpoint or {option_string}, not both")
         print(f"{parser.prog}: note: {option_string} {values} is deprecated; use --checkpoint random --encoder "
               f"{values}", file=sys.stderr)
         namespace.checkpoint, namespace.encoder = "random", values
