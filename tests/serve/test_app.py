@@ -25,7 +25,7 @@ CMU, TCGA = SLIDE_NAMES
 
 @pytest.fixture(scope="module")
 def client(full_job: Path):
-    with TestClient(create_app(full_job)) as c:
+    with TestClient(create_app(full_job), base_url="http://127.0.0.1") as c:
         yield c
 
 
@@ -122,7 +122,7 @@ def test_missing_overlays_a_running_job_and_failed_slides(full_job, tmp_path):
     (job / "later-slide").mkdir()  # being tiled: the lock is there, coords.h5 not yet
     (job / ".later-slide.lock").write_text("12345\n")
     (job / "failures.csv").write_text("path,reason\n/data/broken.svs,cannot open slide broken.svs: corrupt\n")
-    with TestClient(create_app(job)) as c:
+    with TestClient(create_app(job), base_url="http://127.0.0.1") as c:
         slides = {s["id"]: s for s in c.get("/api/slides").json()["slides"]}
         assert slides[CMU]["status"] == ["tiled", "features"] and slides[CMU]["overlays"] == []
         assert slides["later-slide"]["status"] == ["tiling"] and slides["later-slide"]["num_tiles"] is None
@@ -145,7 +145,7 @@ def test_an_unreadable_score_file_is_reported_not_fatal(full_job, tmp_path):
     job = tmp_path / "job"
     shutil.copytree(full_job / CMU, job / CMU)
     (job / CMU / "heatmap_clf.csv").write_text("x,y\n1,2\n")
-    with TestClient(create_app(job)) as c:
+    with TestClient(create_app(job), base_url="http://127.0.0.1") as c:
         layer = c.get(f"/api/slides/{CMU}").json()["layers"][0]
         assert "not a score file" in layer["error"]
         assert c.get(f"/api/slides/{CMU}/overlays/heatmap-clf.png").status_code == 404
@@ -158,7 +158,7 @@ def test_a_diagnose_output_folder_shows_its_prediction_attention_and_heatmap(ful
     shutil.copy(full_job / "predictions" / "attention" / f"{CMU}.csv", out / "attention.csv")
     (out / "diagnosis.json").write_text(json.dumps({"predicted": "tumour",
                                                     "probabilities": {"normal": 0.3, "tumour": 0.7}}))
-    with TestClient(create_app(out)) as c:
+    with TestClient(create_app(out), base_url="http://127.0.0.1") as c:
         d = c.get(f"/api/slides/{CMU}").json()
         assert d["status"] == ["tiled", "features", "heatmap", "diagnosis"]
         assert d["prediction"] == {"predicted": "tumour", "probabilities": {"normal": 0.3, "tumour": 0.7}}
@@ -169,3 +169,33 @@ def test_a_diagnose_output_folder_shows_its_prediction_attention_and_heatmap(ful
 def test_missing_job_folder_is_an_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="job folder not found"):
         create_app(tmp_path / "nope")
+
+
+def test_other_host_names_are_refused(full_job):
+    # a page that rebinds its own domain to 127.0.0.1 (DNS rebinding) sends its own name as the Host header
+    app = create_app(full_job)
+    with TestClient(app, base_url="http://evil.example") as c:
+        assert c.get("/api/slides").status_code == 400
+    for host in ("127.0.0.1", "localhost"):
+        with TestClient(app, base_url=f"http://{host}:8000") as c:
+            assert c.get("/api/slides").status_code == 200, host
+
+
+def test_a_slide_that_cannot_be_read_and_bad_prediction_values_are_404s_not_errors(full_job, tmp_path, monkeypatch):
+    from gcmae.serve.tiles import DeepZoomSource
+
+    job = tmp_path / "job"
+    shutil.copytree(full_job, job)
+    (job / "predictions" / "predictions.csv").write_text(f"slide_id,prob_normal,prob_tumour,predicted\n"
+                                                          f"{CMU},abc,0.5,tumour\n")
+
+    def corrupt(self, path, *args):
+        raise ValueError(f"cannot open slide {path.name}: Not a JPEG file")
+
+    monkeypatch.setattr(DeepZoomSource, "dzi", corrupt)
+    monkeypatch.setattr(DeepZoomSource, "tile", corrupt)
+    with TestClient(create_app(job), base_url="http://127.0.0.1") as c:
+        assert c.get(f"/api/slides/{CMU}").status_code == 200  # the bad row is skipped with a warning
+        for url in (f"/dzi/{CMU}.dzi", f"/dzi/{CMU}_files/0/0_0.jpeg"):
+            r = c.get(url)
+            assert r.status_code == 404 and "Not a JPEG" in r.text, url

@@ -27,7 +27,7 @@ def test_a_tiff_pyramid_and_a_plain_png_are_served(tmp_path):
     Image.fromarray(base[:700, :600]).save(slides / "plain.png")
     job = tmp_path / "job"
     tile_slides(slides, job, tile_size=64, mpp=None, min_tissue=0.3, mask_size=256, progress=False)
-    with TestClient(create_app(job)) as c:
+    with TestClient(create_app(job), base_url="http://127.0.0.1") as c:
         listed = {s["id"]: s for s in c.get("/api/slides").json()["slides"]}
         assert listed["pyramid"]["mpp"] == pytest.approx(0.5) and listed["plain"]["mpp"] is None
         assert listed["pyramid"]["dimensions"] == [1024, 1280] and listed["plain"]["dimensions"] == [600, 700]

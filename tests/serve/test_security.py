@@ -109,7 +109,7 @@ def test_traversal_listings_and_symlinks_out_are_404_on_a_real_server(job):
 
 
 def test_absolute_urls_and_odd_hosts_do_not_reach_files(job):
-    with TestClient(create_app(job)) as c:
+    with TestClient(create_app(job), base_url="http://127.0.0.1") as c:
         for path in ("/static//work/main/pyproject.toml", f"/static/{Path(__file__).resolve()}",
                      f"/api/slides/{job / CMU}/thumbnail.png", f"/dzi/{job / CMU}.dzi"):
             assert c.get(path).status_code == 404, path

@@ -12,8 +12,11 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
@@ -25,6 +28,11 @@ from gcmae.serve.tiles import DeepZoomSource, LRUCache, TileNotFound
 STATIC = Path(__file__).parent / "static"
 TOP_K = 10
 HEADERS = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
+# names a browser uses for this machine; any other Host header is refused (400), so a web page that rebinds its
+# own domain name to 127.0.0.1 (DNS rebinding) cannot read the slides through the user's browser
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "[::1]", "::1")
+# what a slide file that changed, vanished or cannot be decoded raises while a tile is made
+SLIDE_ERRORS = (OSError, ValueError, Image.DecompressionBombError)
 
 
 def static_files(root: Path = STATIC) -> dict[str, Path]:
@@ -71,7 +79,7 @@ class Server:
         raise HTTPException(404, f"slide {entry.id!r} has no overlay {overlay_id!r}")
 
     def scores(self, o: Overlay) -> Scores:
-        key = (o.csv, o.csv.stat().st_mtime_ns, o.column)
+        key = (o.csv, _mtime(o.csv), o.column)
         hit = self._scores.get(key)
         if hit is None:
             hit = read_scores(o.csv, o.column, o.kind)
@@ -103,7 +111,7 @@ class Server:
         return out
 
     def image(self, what: str, path: Path, make: Any) -> Response:
-        key = (what, path, path.stat().st_mtime_ns)
+        key = (what, path, _mtime(path))
         data = self._images.get(key)
         if data is None:
             try:
@@ -114,14 +122,23 @@ class Server:
         return Response(data, media_type="image/png", headers={**HEADERS, "Cache-Control": "no-cache"})
 
 
+def _mtime(path: Path) -> int:
+    """The file's modification time (a cache key part); 404 when it went away (a job still being written)."""
+    try:
+        return path.stat().st_mtime_ns
+    except OSError as err:
+        raise HTTPException(404, f"{path.name} is gone") from err
+
+
 def _file(path: Path | None, media_type: str | None = None) -> FileResponse:
     if path is None:
         raise HTTPException(404, "not found")
     return FileResponse(path, media_type=media_type or mimetypes.guess_type(path.name)[0], headers=HEADERS)
 
 
-def create_app(job_dir: str | Path, cache_tiles: int = 4096) -> Starlette:
-    """The app serving `job_dir` (a tiling / extraction / diagnosis job folder, or a `gcmae diagnose` output)."""
+def create_app(job_dir: str | Path, cache_tiles: int = 4096, allowed_hosts: tuple[str, ...] = LOCAL_HOSTS) -> Starlette:
+    """The app serving `job_dir` (a tiling / extraction / diagnosis job folder, or a `gcmae diagnose` output) to
+    requests whose Host header is one of `allowed_hosts` ("*" accepts any)."""
     srv = Server(job_dir, cache_tiles)
 
     def page(name: str) -> FileResponse:
@@ -162,7 +179,11 @@ def create_app(job_dir: str | Path, cache_tiles: int = 4096) -> Starlette:
 
     def dzi(request: Request) -> Response:
         path = srv.slide_file(request.path_params["slide_id"])
-        return Response(srv.tiles.dzi(path), media_type="application/xml", headers=HEADERS)
+        try:
+            xml = srv.tiles.dzi(path)
+        except SLIDE_ERRORS as err:
+            raise HTTPException(404, f"cannot read the slide of {request.path_params['slide_id']!r}: {err}") from err
+        return Response(xml, media_type="application/xml", headers=HEADERS)
 
     def dzi_tile(request: Request) -> Response:
         p = request.path_params
@@ -171,6 +192,8 @@ def create_app(job_dir: str | Path, cache_tiles: int = 4096) -> Starlette:
             data = srv.tiles.tile(path, p["level"], p["col"], p["row"])
         except TileNotFound as err:
             raise HTTPException(404, str(err)) from err
+        except SLIDE_ERRORS as err:
+            raise HTTPException(404, f"cannot read the slide of {p['slide_id']!r}: {err}") from err
         return Response(data, media_type="image/jpeg", headers={**HEADERS, "Cache-Control": "max-age=3600"})
 
     async def not_found(request: Request, exc: Exception) -> Response:
@@ -193,7 +216,8 @@ def create_app(job_dir: str | Path, cache_tiles: int = 4096) -> Starlette:
         yield
         srv.tiles.close()
 
-    app = Starlette(routes=routes, exception_handlers={HTTPException: not_found}, lifespan=lifespan)
+    app = Starlette(routes=routes, exception_handlers={HTTPException: not_found}, lifespan=lifespan,
+                    middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))])
     app.router.redirect_slashes = False  # no redirects to guessed paths: a path is a route or a 404
     app.state.server = srv
     return app

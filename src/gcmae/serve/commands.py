@@ -21,9 +21,11 @@ def is_loopback(host: str) -> bool:
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from gcmae.serve.app import create_app
+    from gcmae.serve.app import LOCAL_HOSTS, create_app
 
-    app = create_app(args.job_dir, args.cache_tiles)
+    # on loopback only the local names are accepted (DNS-rebinding guard); shared, the machine's names are unknown
+    hosts = (*LOCAL_HOSTS, args.host) if is_loopback(args.host) else ("*",)
+    app = create_app(args.job_dir, args.cache_tiles, hosts)
     if not is_loopback(args.host):
         print(f"WARNING: serving {args.job_dir} on {args.host}: anyone who can reach this machine on port "
               f"{args.port} can see these slides (no authentication). Use --host {LOOPBACK} to keep it local.",

@@ -90,7 +90,11 @@ def _prediction_rows(path: Path) -> dict[str, dict[str, Any]]:
     """slide_id -> {"predicted", "probabilities"} of a `gcmae mil predict` predictions.csv."""
     out = {}
     for row in _read_csv(path):
-        probs = {k.removeprefix("prob_"): float(v) for k, v in row.items() if k and k.startswith("prob_") and v}
+        try:
+            probs = {k.removeprefix("prob_"): float(v) for k, v in row.items() if k and k.startswith("prob_") and v}
+        except ValueError as err:
+            log.warning("%s: slide %s: %s", path, row.get("slide_id"), err)
+            continue
         if row.get("slide_id"):
             out[row["slide_id"]] = {"predicted": row.get("predicted"), "probabilities": probs}
     return out
@@ -142,7 +146,7 @@ class JobIndex:
             if p.name.startswith(".") or not p.is_dir() or p.is_symlink():
                 continue
             if (p / COORDS_FILENAME).exists() or self.root.joinpath(f".{p.name}.lock").exists() \
-                    or any(p.glob("*.h5")):
+                    or any(p.glob("features_*.h5")):
                 found.append(p)
         return found
 
@@ -187,7 +191,10 @@ class JobIndex:
         for csv_path in sorted(folder.glob("heatmap_*.csv")):
             if inside(self.root, csv_path):
                 name = csv_path.stem.removeprefix("heatmap_")
-                entry.overlays.append(Overlay(f"heatmap-{_url_id(name)}", "heatmap", f"P(positive): {name}",
+                overlay_id = f"heatmap-{_url_id(name)}"
+                while any(o.id == overlay_id for o in entry.overlays):  # names that reduce to the same id
+                    overlay_id += "_"
+                entry.overlays.append(Overlay(overlay_id, "heatmap", f"P(positive): {name}",
                                               csv_path, "prob"))
         attention = [p for p in (folder / "attention.csv",) if inside(self.root, p)]
         if diagnosis is not None:

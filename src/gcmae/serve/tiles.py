@@ -75,16 +75,23 @@ class DeepZoomSource:
 
     def __init__(self, cache_tiles: int = 4096) -> None:
         self.cache = LRUCache(cache_tiles)
-        self._generators: dict[Path, tuple[openslide.AbstractSlide, DeepZoomGenerator]] = {}
+        # keyed by (path, mtime): a slide file replaced in place gets a new handle and new tiles
+        self._generators: dict[tuple[Path, int], tuple[openslide.AbstractSlide, DeepZoomGenerator]] = {}
         self._lock = threading.Lock()
 
-    def generator(self, path: Path) -> DeepZoomGenerator:
+    def _key(self, path: Path) -> tuple[Path, int]:
+        return path, path.stat().st_mtime_ns
+
+    def _handle(self, key: tuple[Path, int]) -> tuple[openslide.AbstractSlide, DeepZoomGenerator]:
         with self._lock:
-            if path not in self._generators:
-                slide = open_any(path)
-                self._generators[path] = (slide, DeepZoomGenerator(slide, tile_size=TILE_SIZE, overlap=OVERLAP,
-                                                                    limit_bounds=False))
-            return self._generators[path][1]
+            if key not in self._generators:
+                slide = open_any(key[0])
+                self._generators[key] = (slide, DeepZoomGenerator(slide, tile_size=TILE_SIZE, overlap=OVERLAP,
+                                                                   limit_bounds=False))
+            return self._generators[key]
+
+    def generator(self, path: Path) -> DeepZoomGenerator:
+        return self._handle(self._key(path))[1]
 
     def dzi(self, path: Path) -> str:
         """The DZI XML descriptor of the slide."""
@@ -92,17 +99,18 @@ class DeepZoomSource:
 
     def tile(self, path: Path, level: int, col: int, row: int) -> bytes:
         """JPEG bytes of one tile; TileNotFound outside the pyramid."""
-        key = (path, level, col, row)
+        file_key = self._key(path)
+        key = (*file_key, level, col, row)
         cached = self.cache.get(key)
         if cached is not None:
             return cached
-        gen = self.generator(path)
+        slide, gen = self._handle(file_key)
         if not 0 <= level < gen.level_count:
             raise TileNotFound(f"level {level} (the slide has {gen.level_count})")
         cols, rows = gen.level_tiles[level]
         if not (0 <= col < cols and 0 <= row < rows):
             raise TileNotFound(f"tile {col}_{row} of level {level} (it has {cols} x {rows})")
-        if isinstance(self._generators[path][0], openslide.ImageSlide):
+        if isinstance(slide, openslide.ImageSlide):
             with self._lock:  # one PIL image shared by the request threads (its lazy load is not thread-safe)
                 image = gen.get_tile(level, (col, row))
         else:
