@@ -54,7 +54,7 @@ def test_run_records_every_condition(tiles):
         assert all(0 <= lab[k] <= 1 for k in result["as_scanned"])
     assert result["stain"] == normalizer.id and result["num_train"] == 24
     rows = table([result]).splitlines()
-    assert len(rows) == 4 and rows[2].startswith(f"| {COLOUR} | hist | none |")
+    assert len(rows) == 4 and rows[2].startswith(f"| {COLOUR} | hist | none |") and " ± " in rows[2]
 
 
 def test_figure_is_written(tiles, tmp_path):

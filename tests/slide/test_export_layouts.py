@@ -32,6 +32,15 @@ def test_clam_layout(extracted_job, tmp_path):
     assert sorted(find_bags(tmp_path / "clam" / "h5_files")) == SLIDE_NAMES
     again = export_features(job, tmp_path / "clam", "clam")
     assert all(r.skipped for r in again)
+    # features extracted anew (here: another tile list) are exported again, not kept stale
+    import shutil
+    from gcmae.slide.bags import write_attrs
+    job2 = tmp_path / "job2"
+    shutil.copytree(job, job2)
+    with h5py.File(job2 / SLIDE_NAMES[0] / f"features_{record['tag']}.h5", "a") as h5:
+        write_attrs(h5, {"coords_sha256": "0" * 64})
+    redone = export_features(job2, tmp_path / "clam", "clam")
+    assert [r.skipped for r in redone] == [False, True]
 
 
 def test_trident_layout(extracted_job, tmp_path):
@@ -45,6 +54,7 @@ def test_trident_layout(extracted_job, tmp_path):
             np.testing.assert_array_equal(h5["features"][:], bag.features)
             assert h5["coords"].attrs["patch_size"] == 48
             assert h5["coords"].attrs["patch_size_level0"] == bag.attrs["extent"]
+            assert h5["coords"].attrs["target_magnification"] == 2
 
 
 def test_unknown_layout_is_refused(extracted_job, tmp_path):

@@ -29,3 +29,11 @@ def test_scores_must_match_the_tiles():
 def test_written_file_is_valid_json(tmp_path):
     path = write_tile_scores_geojson(tmp_path / "s.geojson", np.array([[3, 4]]), 8, {"prob": np.array([0.5])})
     assert json.loads(path.read_text())["features"][0]["properties"]["measurements"] == {"prob": 0.5}
+
+
+def test_nan_scores_are_written_as_null(tmp_path):
+    path = write_tile_scores_geojson(tmp_path / "s.geojson", np.array([[0, 0], [8, 0]]), 8,
+                                     {"prob": np.array([np.nan, 0.25])})
+    text = path.read_text()
+    assert "NaN" not in text
+    assert [f["properties"]["measurements"]["prob"] for f in json.loads(text)["features"]] == [None, 0.25]

@@ -94,6 +94,12 @@ def probe(specs: list[str], train_dir: str, val_dir: str, out: Path, label: str 
     return written
 
 
+def mean_sd(values: list[float]) -> str:
+    """'0.776 ± 0.014' (sample standard deviation), or just the value when there is one."""
+    sd = f" ± {statistics.stdev(values):.3f}" if len(values) > 1 else ""
+    return f"{statistics.fmean(values):.3f}{sd}"
+
+
 def table(out: Path, metric: str = "balanced_accuracy") -> str:
     """Markdown: mean ± sd over runs that share a label, per pool, for the logistic probe and kNN."""
     groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
@@ -103,9 +109,7 @@ def table(out: Path, metric: str = "balanced_accuracy") -> str:
     rows = ["| encoder | pool | n | logreg | kNN k20 | kNN k200 |", "|---|---|---:|---:|---:|---:|"]
 
     def cell(rs: list[dict], key: str) -> str:
-        vals = [r[key][metric] for r in rs]
-        sd = f" ± {statistics.stdev(vals):.3f}" if len(vals) > 1 else ""
-        return f"{statistics.fmean(vals):.3f}{sd}"
+        return mean_sd([r[key][metric] for r in rs])
 
     for (label, pool), rs in groups.items():
         rows.append(f"| {label} | {pool} | {len(rs)} | {cell(rs, 'logreg')} | {cell(rs, 'knn20')} | "

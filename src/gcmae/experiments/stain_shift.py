@@ -26,7 +26,7 @@ import torch
 from gcmae.data.batch_augment import _RGB_FROM_HED, hed_to_rgb, rgb_to_hed
 from gcmae.data.in_memory import TensorImageDataset, default_cache_dir
 from gcmae.evaluate.frozen_probe import colour_histogram_features, logistic_probe
-from gcmae.experiments.pcam_probe import COLOUR, _slug, encoder_features
+from gcmae.experiments.pcam_probe import COLOUR, _slug, encoder_features, mean_sd
 from gcmae.io.atomic import write_text_atomic
 from gcmae.stain.normalizer import StainNormalizer, make_normalizer
 from gcmae.stain.stats import angle_deg, lab_moments, od_stain_vectors
@@ -150,10 +150,8 @@ def table(results: list[dict[str, Any]]) -> str:
         for key, scanned in r["as_scanned"].items():
             norm, pool = key.split("/")
             vals = [lab[key] for lab in r["labs"]]
-            sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
-            mean = statistics.fmean(vals)
-            rows.append(f"| {r['encoder']} | {pool} | {norm} | {scanned:.3f} | {mean:.3f} ± {sd:.3f} | "
-                        f"{scanned - mean:+.3f} |")
+            rows.append(f"| {r['encoder']} | {pool} | {norm} | {scanned:.3f} | {mean_sd(vals)} | "
+                        f"{scanned - statistics.fmean(vals):+.3f} |")
     return "\n".join(rows)
 
 
@@ -180,7 +178,9 @@ def main(argv: list[str] | None = None) -> None:
         figure(val.images, args.seeds, args.strength, normalizer, args.figure)
     results = []
     for spec in args.encoders:
-        path = args.out / f"{_slug(spec)}.json"
+        # the file name carries every setting the numbers depend on: a re-run with other settings recomputes
+        key = f"{spec}|{args.train}|{args.val}|{args.seeds}|{args.train_n}|{args.strength}|{normalizer.id}"
+        path = args.out / f"{_slug(spec)}-{_slug(key)[-8:]}.json"
         if not path.exists():
             record = run(spec, train, val, args.seeds, min(args.train_n, len(train)), args.strength, normalizer)
             write_text_atomic(path, json.dumps(record, indent=1) + "\n")

@@ -171,6 +171,9 @@ class GCMAE(nn.Module):
         if self.contrast == "two_view":
             if second_view is None or second_view.shape != imgs.shape:
                 raise ValueError("contrast='two_view' needs a second_view of the same shape as imgs")
+            if world_size > 1:  # NT-Xent over each rank's local batch would differ from one process's run
+                raise NotImplementedError("loss.contrast=two_view runs in one process for now (its negatives are "
+                                          "the batch; gathering them across processes is not implemented)")
             noise2 = torch.rand(b * world_size, num_patches, generator=step_generator(seed, 4))
             views.append((second_view, self(second_view, noise2[rank * b : (rank + 1) * b].to(imgs.device))))
         losses: dict[str, torch.Tensor] = {}

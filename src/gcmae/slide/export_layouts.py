@@ -6,8 +6,9 @@
 - ``trident``: ``OUT/<mag>x_<tile>px_<overlap>px_overlap/features_<tag>/<slide>.h5`` with the same two datasets;
   ``coords`` carries ``patch_size``, ``patch_size_level0`` and ``target_magnification``.
 
-Every file is written atomically and a slide whose files already exist is skipped, so a re-run only adds new
-slides. gcmae's own provenance (encoder, digest, stain normalisation) is copied into each file's root attributes.
+Every file is written atomically. gcmae's own provenance (encoder, digest, stain normalisation, tile list digest)
+is copied into each file's root attributes, and a slide whose exported file records the same provenance as its
+current features is skipped, so a re-run adds new slides and redoes re-extracted ones.
 """
 from __future__ import annotations
 
@@ -20,10 +21,12 @@ import numpy as np
 import torch
 
 from gcmae.io.atomic import atomic_path
-from gcmae.slide.bags import Bag, find_bags, load_bag, write_attrs
+from gcmae.slide.bags import Bag, find_bags, load_bag, read_attrs, write_attrs
 
 log = logging.getLogger(__name__)
 LAYOUTS = ("clam", "trident")
+# what identifies the features a slide's export was made from
+PROVENANCE = ("coords_sha256", "weights_id", "pool", "img_size", "stain_id", "num_tiles")
 
 
 @dataclass
@@ -31,6 +34,17 @@ class ExportResult:
     slide_id: str
     files: list[Path]
     skipped: bool
+
+
+def _up_to_date(path: Path, bag: Bag) -> bool:
+    """True when `path` exists and records the provenance of `bag`'s features."""
+    if not path.is_file():
+        return False
+    try:
+        stored = read_attrs(path)
+    except (OSError, ValueError):
+        return False
+    return all(stored.get(k) == bag.attrs.get(k) for k in PROVENANCE)
 
 
 def _write_h5(path: Path, bag: Bag, coord_attrs: dict[str, object]) -> Path:
@@ -66,17 +80,18 @@ def export_slide(bag: Bag, out: Path, layout: str, tag: str) -> ExportResult:
     extent = int(bag.attrs.get("extent", 0))
     if layout == "clam":
         h5_path, pt_path = out / "h5_files" / f"{bag.slide_id}.h5", out / "pt_files" / f"{bag.slide_id}.pt"
-        if h5_path.exists() and pt_path.exists():
+        if _up_to_date(h5_path, bag) and pt_path.exists():
             return ExportResult(bag.slide_id, [h5_path, pt_path], True)
         files = [_write_h5(h5_path, bag, {"patch_size": extent, "patch_level": 0}), _write_pt(pt_path, bag)]
         return ExportResult(bag.slide_id, files, False)
     if layout == "trident":
         path = out / trident_folder(bag) / f"features_{tag}" / f"{bag.slide_id}.h5"
-        if path.exists():
+        if _up_to_date(path, bag):
             return ExportResult(bag.slide_id, [path], True)
-        folder = trident_folder(bag)
-        attrs = {"patch_size": int(bag.attrs.get("tile_size", 0)), "patch_size_level0": extent,
-                 "target_magnification": folder.split("x_")[0] if "x_" in folder else "native"}
+        mpp = bag.attrs.get("tile_mpp")
+        attrs = {"patch_size": int(bag.attrs.get("tile_size", 0)), "patch_size_level0": extent}
+        if mpp and np.isfinite(float(mpp)):
+            attrs["target_magnification"] = round(10.0 / float(mpp))
         return ExportResult(bag.slide_id, [_write_h5(path, bag, attrs)], False)
     raise ValueError(f"unknown layout {layout!r} (use {', '.join(LAYOUTS)})")
 

@@ -16,6 +16,12 @@ import numpy as np
 from gcmae.io.atomic import write_text_atomic
 
 
+def _number(value: float) -> float | None:
+    """6 significant digits, as the CSV beside it; None (JSON null) for NaN or infinity, which JSON cannot hold."""
+    v = float(value)
+    return float(f"{v:.6g}") if np.isfinite(v) else None
+
+
 def tile_scores_geojson(coords: np.ndarray, extent: int, scores: dict[str, np.ndarray],
                         classes: Sequence[str] | None = None) -> dict[str, Any]:
     """A FeatureCollection: tile i is the square [x, x + extent] x [y, y + extent] with its scores as measurements."""
@@ -28,7 +34,7 @@ def tile_scores_geojson(coords: np.ndarray, extent: int, scores: dict[str, np.nd
     for i, (x, y) in enumerate(coords.tolist()):
         ring = [[x, y], [x + extent, y], [x + extent, y + extent], [x, y + extent], [x, y]]
         properties: dict[str, Any] = {"objectType": "tile",
-                                      "measurements": {k: float(f"{float(v[i]):.6g}") for k, v in scores.items()}}
+                                      "measurements": {k: _number(v[i]) for k, v in scores.items()}}
         if classes is not None:
             properties["classification"] = {"name": classes[i]}
         features.append({"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [ring]},
@@ -39,4 +45,5 @@ def tile_scores_geojson(coords: np.ndarray, extent: int, scores: dict[str, np.nd
 def write_tile_scores_geojson(path: Path, coords: np.ndarray, extent: int, scores: dict[str, np.ndarray],
                               classes: Sequence[str] | None = None) -> Path:
     """Write `tile_scores_geojson` to `path` atomically."""
-    return write_text_atomic(path, json.dumps(tile_scores_geojson(coords, extent, scores, classes)) + "\n")
+    doc = tile_scores_geojson(coords, extent, scores, classes)
+    return write_text_atomic(path, json.dumps(doc, allow_nan=False) + "\n")
