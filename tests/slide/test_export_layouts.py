@@ -60,3 +60,15 @@ def test_trident_layout(extracted_job, tmp_path):
 def test_unknown_layout_is_refused(extracted_job, tmp_path):
     with pytest.raises(ValueError, match="unknown layout 'dsmil'"):
         export_features(extracted_job[0], tmp_path, "dsmil")
+
+
+def test_export_features_command(extracted_job, tmp_path, capsys):
+    from gcmae.cli import main
+
+    job, _ = extracted_job
+    assert main(["export-features", str(job), "--out", str(tmp_path / "t"), "--layout", "trident"]) == 0
+    assert "2 slide(s) in the trident layout" in capsys.readouterr().out
+    assert len(list((tmp_path / "t").rglob("*.h5"))) == 2
+    with pytest.raises(SystemExit) as exit_info:  # argparse: not one of the choices
+        main(["export-features", str(job), "--out", str(tmp_path / "t"), "--layout", "dsmil"])
+    assert exit_info.value.code == 2

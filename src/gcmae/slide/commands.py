@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gcmae.options import add_arguments, from_args
-from gcmae.slide.options import (DiagnoseOptions, EncoderOptions, ExtractOptions, HeatmapOptions, MILPredictOptions,
-                                 MILTrainOptions, TileClassifierOptions, TileJobOptions, add_random_init_alias)
+from gcmae.slide.options import (DiagnoseOptions, EncoderOptions, ExportFeaturesOptions, ExtractOptions,
+                                 HeatmapOptions, MILPredictOptions, MILTrainOptions, TileClassifierOptions,
+                                 TileJobOptions, add_random_init_alias)
 from gcmae.slide.tiling import TilingSettings
 
 if TYPE_CHECKING:
@@ -132,6 +133,17 @@ def _heatmap(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_features(args: argparse.Namespace) -> int:
+    from gcmae.slide.export_layouts import export_features
+
+    opts = from_args(ExportFeaturesOptions, args)
+    results = export_features(opts.job_dir, opts.out, opts.layout, opts.tag)
+    done = sum(not r.skipped for r in results)
+    print(f"{len(results)} slide(s) in the {opts.layout} layout under {opts.out}: {done} written, "
+          f"{len(results) - done} already up to date")
+    return 0
+
+
 def _mil_train(args: argparse.Namespace) -> int:
     from gcmae.slide.mil_train import train_mil
 
@@ -194,6 +206,10 @@ def add_slide_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("heatmap", help="a tile classifier's probability per tile, over the slide thumbnail")
     add_arguments(p, HeatmapOptions)
     p.set_defaults(func=_heatmap)
+
+    p = sub.add_parser("export-features", help="a job's features in the folder layout of CLAM or TRIDENT")
+    add_arguments(p, ExportFeaturesOptions)
+    p.set_defaults(func=_export_features)
 
     mil = sub.add_parser("mil", help="gated attention MIL (ABMIL) on per-slide features: train, predict")
     msub = mil.add_subparsers(dest="mil_command", required=True)

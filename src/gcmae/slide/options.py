@@ -90,6 +90,17 @@ class HeatmapOptions:
 
 
 @dataclass(kw_only=True)
+class ExportFeaturesOptions:
+    """`gcmae export-features`: a job's slide features in the folder layout of CLAM or TRIDENT."""
+
+    job_dir: str = option(positional=True, help="job folder with features (gcmae extract)")
+    out: str = option(help="output folder (clam: h5_files/ + pt_files/; trident: <mag>x_<px>px_<overlap>px_overlap/"
+                           "features_<tag>/)")
+    layout: str = option("clam", choices=("clam", "trident"), help="folder layout")
+    tag: str | None = option(None, help="features_<tag>.h5 to export (needed when a slide has several)")
+
+
+@dataclass(kw_only=True)
 class MILPredictOptions:
     model: str = option(help="gcmae mil train folder")
     features: str = option(help="a bag file, a JOB_DIR or a folder of bags")
