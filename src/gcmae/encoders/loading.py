@@ -2,8 +2,10 @@
 
 ``load_encoder`` reads any file ``gcmae.io.convert.load_weights`` reads (our checkpoints, official GCMAE/MAE
 checkpoints, timm state dicts, `gcmae export` folders), the name of a shipped encoder (``gcmae.pretrained``), or
-``"random"`` (a seeded random initialisation of an encoder preset, the baseline). Only the encoder is built: no
-decoder, no memory bank (``load_autoencoder`` builds the whole GCMAE, for reconstructions).
+``"random"`` (a seeded random initialisation of an encoder preset, the baseline). Weights are loaded into the
+encoder alone, without a decoder or memory bank; ``"random"`` builds a whole GCMAE once and keeps its encoder, so a
+seed gives the same weights as pretraining's initialisation (``load_autoencoder`` builds the whole GCMAE, for
+reconstructions).
 """
 from __future__ import annotations
 
