@@ -19,7 +19,7 @@ from gcmae.slide.bags import load_bag
 from gcmae.slide.features import encoder_record
 from gcmae.slide.heatmap import run_heatmap
 from gcmae.slide.tile_classifier import load_tile_classifier, train_tile_classifier
-from gcmae.viz.heatmap import tile_layer
+from gcmae.viz.tile_scores import tile_layer
 from tests.slide.slide_helpers import copy_job, pcam_subset
 
 pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]

@@ -22,7 +22,7 @@ from gcmae.io.atomic import write_text_atomic
 from gcmae.scoring.report import write_report
 from gcmae.viz.attention import plot_attention
 from gcmae.viz.embedding import plot_embedding, subsample
-from gcmae.viz.reconstruction import plot_reconstructions
+from gcmae.viz.reconstruction_grid import plot_reconstructions
 
 
 def sample_images(encoder: Encoder, dataset: ImageFolderDataset, num: int) -> tuple[torch.Tensor, list[str]]:

@@ -24,7 +24,7 @@ from gcmae.slide.features import tiled_slides
 from gcmae.slide.qupath import write_tile_scores_geojson
 from gcmae.slide.reader import SlideReadError, open_slide
 from gcmae.slide.tile_classifier import TileClassifier, check_features_match, load_tile_classifier
-from gcmae.viz.heatmap import plot_tile_heatmap
+from gcmae.viz.tile_scores import plot_tile_heatmap
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ from gcmae.train.module import PretrainModule
 from gcmae.train.precision import cpu_name, resolve_precision
 from gcmae.train.progress import progress_callbacks
 from gcmae.viz.curves import metrics_files, plot_curves
-from gcmae.viz.reconstruction import plot_reconstructions
+from gcmae.viz.reconstruction_grid import plot_reconstructions
 
 log = logging.getLogger(__name__)
 
