@@ -33,11 +33,28 @@ def small_pcam(tmp_path: Path, samples: Path) -> Path:
 
 
 def copy_subset(src: Path, dst: Path, per_class: int, classes=CLASSES) -> Path:
-    for cls in classes:
-        (dst / cls).mkdir(parents=True)
-        for f in sorted((src / cls).glob("*.jpg"))[:per_class]:
+    """The first `per_class` real patches of each class of `src` copied to `dst`."""
+    return pcam_subset(dst, src, dict.fromkeys(classes, per_class))
+
+
+def pcam_subset(dst: Path, split: str | Path, per_class: dict[str, int]) -> Path:
+    """A labelled copy of the first real patches of a PCam split (`train`, `valid`, or a folder): {class: count}."""
+    src = Path(split) if Path(split).is_absolute() else SAMPLES / "pcam" / str(split)
+    for cls, n in per_class.items():
+        (dst / cls).mkdir(parents=True, exist_ok=True)
+        for f in sorted((src / cls).glob("*.jpg"))[:n]:
             shutil.copy(f, dst / cls / f.name)
     return dst
+
+
+@pytest.fixture()
+def one_thread():
+    """One torch thread for tiny models: on the shared 2-core machine thread-pool spinning makes a ViT-Tiny batch up
+    to 20x slower with 2 threads; results are the same."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

@@ -7,20 +7,10 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from gcmae.encoders.loading import load_encoder
 from gcmae.experiments.mil_proxy import ProxySpec, proxy_bags, run_proxy
-from tests.slide.slide_helpers import pcam_subset
-
-
-@pytest.fixture()
-def one_thread():
-    """One torch thread for tiny models (thread-pool spinning on the shared 2-core machine); same results."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+from tests.conftest import pcam_subset
 
 
 def test_proxy_bags_hold_the_stated_mix():

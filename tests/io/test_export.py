@@ -12,26 +12,9 @@ from gcmae import from_pretrained, load_checkpoint
 from gcmae.io.checkpoints import CheckpointError
 from gcmae.io.convert import build_gcmae_from_weights, load_weights
 from gcmae.io.export import export_encoder
-from gcmae.train.pretrain import run_pretrain
-from tests.train.helpers import assert_states_close, tiny_config
+from tests.train.helpers import assert_states_close
 
 pytestmark = pytest.mark.slow  # real pretraining, slides or subprocesses: skipped by `make test-fast`
-
-
-@pytest.fixture(scope="module")
-def trained_checkpoint(tmp_path_factory):
-    import shutil
-
-    from tests.conftest import SAMPLES
-
-    root = tmp_path_factory.mktemp("data")
-    for cls in ("0_negative", "1_metastatic"):
-        (root / cls).mkdir()
-        for f in sorted((SAMPLES / "pcam" / "train" / cls).glob("*.jpg"))[:8]:
-            shutil.copy(f, root / cls / f.name)
-    out = tmp_path_factory.mktemp("run")
-    run_pretrain(tiny_config(root, out, "optim.epochs=1"))
-    return out / "checkpoints" / "last.ckpt"
 
 
 def test_exported_encoder_loads_in_timm_with_identical_features(trained_checkpoint, tmp_path):
@@ -65,7 +48,7 @@ def test_truncated_or_foreign_checkpoint_is_refused(trained_checkpoint, tmp_path
 def test_own_checkpoint_imports_like_load_checkpoint(trained_checkpoint):
     model, cfg = load_checkpoint(trained_checkpoint)
     w = load_weights(trained_checkpoint)
-    assert (w.kind, w.encoder, w.img_size, w.patch_size, w.num_data) == ("gcmae", "vit_tiny", 32, 8, 16)
+    assert (w.kind, w.encoder, w.img_size, w.patch_size, w.num_data) == ("gcmae", "vit_tiny", 32, 8, 24)  # 12 + 12 patches
     assert w.bank_z == pytest.approx(model.bank.z.item()) and w.bank_z > 0  # estimated during the epoch
     rebuilt = build_gcmae_from_weights(w)
     assert_states_close(rebuilt.state_dict(), model.state_dict())
@@ -84,7 +67,7 @@ def test_model_card_from_the_run_config_and_metrics(trained_checkpoint, tmp_path
     assert front["library_name"] == "timm" and front["license"] == "apache-2.0"
     assert front["tags"] == ["pathology", "self-supervised", "gcmae", "image-feature-extraction"]
     _, cfg = load_checkpoint(ckpt)
-    assert f"image folder: {cfg.data.train_dir}" in card and "number of training images: 16" in card
+    assert f"image folder: {cfg.data.train_dir}" in card and "number of training images: 24" in card
     for row in ("| image size / patch size | 32 px / 8 px |", "| mask ratio | 0.5 |", "| negatives K | 16 |",
                 "| contrast weight (total = MAE + w x NCE) | 0.1 |", "| temperature T | 0.07 |", "| epochs | 1 |",
                 "| batch size (per device) | 8 |", "| gcmae | PCam valid | cls | 200 | 0.765 | 0.685 |"):

@@ -10,11 +10,10 @@ import pytest
 
 from gcmae.cli import main
 from tests.slide import conftest as slide_fixtures
-from tests.slide.slide_helpers import pcam_subset
+from tests.conftest import pcam_subset
 
 # the slide tests' session fixtures, shared (a tiny checkpoint, both shipped slides tiled and embedded)
 tiny_ckpt, slide_job, extracted_job = slide_fixtures.tiny_ckpt, slide_fixtures.slide_job, slide_fixtures.extracted_job
-one_thread = slide_fixtures.one_thread
 
 SLIDE_NAMES = ["cmu-1-small-region", "tcga-cr-7395-01a-01-ts1"]
 

@@ -50,11 +50,3 @@ def extracted_job(tmp_path_factory: pytest.TempPathFactory, slide_job: Path, tin
     return root, record
 
 
-@pytest.fixture()
-def one_thread():
-    """One torch thread for tiny models: on the shared 2-core machine thread-pool spinning makes a ViT-Tiny
-    batch up to 20x slower with 2 threads; results are the same."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)

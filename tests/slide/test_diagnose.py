@@ -24,7 +24,8 @@ from gcmae.slide.mil import load_mil_model, predict_bag
 from gcmae.slide.mil_train import MILTrainOptions, train_mil
 from gcmae.slide.reader import OpenSlideReader
 from gcmae.slide.tile_classifier import train_tile_classifier
-from tests.slide.slide_helpers import SLIDES, pcam_subset
+from tests.conftest import pcam_subset
+from tests.slide.slide_helpers import SLIDES
 
 pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]
 SLIDE = SLIDES / "cmu-1-small-region.svs"

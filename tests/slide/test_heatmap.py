@@ -20,7 +20,8 @@ from gcmae.slide.features import encoder_record
 from gcmae.slide.heatmap import run_heatmap
 from gcmae.slide.tile_classifier import load_tile_classifier, train_tile_classifier
 from gcmae.viz.tile_scores import tile_layer
-from tests.slide.slide_helpers import copy_job, pcam_subset
+from tests.conftest import pcam_subset
+from tests.slide.slide_helpers import copy_job
 
 pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]
 SLIDE_NAMES = ["cmu-1-small-region", "tcga-cr-7395-01a-01-ts1"]

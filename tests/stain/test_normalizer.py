@@ -18,14 +18,6 @@ SAMPLES = REPO / "data" / "samples"
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture()
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _rgb(path: Path, size: int | None = None) -> np.ndarray:
     with Image.open(path) as im:
         im = im.convert("RGB")

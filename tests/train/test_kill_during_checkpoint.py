@@ -13,7 +13,6 @@ import shutil
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -54,14 +53,6 @@ KILLED_IN_SAVE = textwrap.dedent("""
     callbacks.torch.save = save_half_then_die
     run_pretrain(tiny_config({data!r}, {out!r}, *{extra!r}))
 """)
-
-
-@pytest.fixture()
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture()
