@@ -190,7 +190,8 @@ class GCMAE(nn.Module):
             total = total + self.contrast_weight * contrast_scale * losses["loss_nce"]
         elif self.contrast_weight > 0:
             negatives = self.bank.sample_negatives(b, step_generator(seed, 1), rank, world_size)
-            sims = self.bank.similarities(self.contrast_features(out.embedding), indices, negatives)
+            z = self.contrast_features(out.embedding)
+            sims = self.bank.similarities(z, indices, negatives)
             if self.objective == "infonce":
                 losses["loss_nce"] = info_nce_loss(sims, self.bank.temperature)
             else:
@@ -201,7 +202,7 @@ class GCMAE(nn.Module):
             losses["stat_sim_pos"] = sims[:, 0].detach().mean()
             losses["stat_sim_neg"] = sims[:, 1:].detach().mean()
             total = total + self.contrast_weight * contrast_scale * losses["loss_nce"]
-            self.bank.update(self.contrast_features(out.embedding).detach(), indices)
+            self.bank.update(z.detach(), indices)
         losses["loss"] = total
         return losses
 

@@ -66,13 +66,18 @@ def _write_pt(path: Path, bag: Bag) -> Path:
     return path
 
 
+def magnification(bag: Bag) -> int | None:
+    """The tiles' objective magnification (10 / µm per px, e.g. 20 at 0.5), or None without a known MPP."""
+    mpp = bag.attrs.get("tile_mpp")
+    return round(10.0 / float(mpp)) if mpp and np.isfinite(float(mpp)) else None
+
+
 def trident_folder(bag: Bag) -> str:
     """TRIDENT's patch-set folder name, e.g. ``20x_224px_0px_overlap`` (``native`` without a known MPP)."""
-    mpp = bag.attrs.get("tile_mpp")
-    mag = f"{round(10.0 / float(mpp))}x" if mpp and np.isfinite(float(mpp)) else "native"
+    mag = magnification(bag)
     extent, step, size = (int(bag.attrs.get(k, 0) or 0) for k in ("extent", "step", "tile_size"))
     overlap = round((extent - step) * size / extent) if extent else 0  # in output px, as TRIDENT names it
-    return f"{mag}_{int(bag.attrs.get('tile_size', 0))}px_{overlap}px_overlap"
+    return f"{'native' if mag is None else f'{mag}x'}_{size}px_{overlap}px_overlap"
 
 
 def export_slide(bag: Bag, out: Path, layout: str, tag: str) -> ExportResult:
@@ -88,10 +93,9 @@ def export_slide(bag: Bag, out: Path, layout: str, tag: str) -> ExportResult:
         path = out / trident_folder(bag) / f"features_{tag}" / f"{bag.slide_id}.h5"
         if _up_to_date(path, bag):
             return ExportResult(bag.slide_id, [path], True)
-        mpp = bag.attrs.get("tile_mpp")
         attrs = {"patch_size": int(bag.attrs.get("tile_size", 0)), "patch_size_level0": extent}
-        if mpp and np.isfinite(float(mpp)):
-            attrs["target_magnification"] = round(10.0 / float(mpp))
+        if magnification(bag) is not None:
+            attrs["target_magnification"] = magnification(bag)
         return ExportResult(bag.slide_id, [_write_h5(path, bag, attrs)], False)
     raise ValueError(f"unknown layout {layout!r} (use {', '.join(LAYOUTS)})")
 
