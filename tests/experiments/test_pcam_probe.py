@@ -3,7 +3,13 @@ from __future__ import annotations
 
 import json
 
-from gcmae.experiments.pcam_probe import probe, table
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from gcmae.encoders.loading import RANDOM, load_encoder
+from gcmae.experiments.pcam_probe import encoder_features, probe, table
 from tests.conftest import copy_subset
 
 
@@ -25,3 +31,46 @@ def test_probe_writes_resumes_and_tabulates(samples, tmp_path):
     assert {f: f.stat().st_mtime_ns for f in again} == stamps  # finished results are not recomputed
     text = table(out)
     assert "| colour-histogram | hist | 1 |" in text and "| random:vit_tiny:16:0 | cls | 1 |" in text
+
+
+def _real_patches(samples, n: int = 4) -> torch.Tensor:
+    files = sorted((samples / "pcam" / "valid" / "1_metastatic").glob("*.jpg"))[:n]
+    return torch.stack([torch.from_numpy(np.array(Image.open(f).convert("RGB"))).permute(2, 0, 1) for f in files])
+
+
+@pytest.mark.parametrize("block", [1, 3, 12])
+def test_block_features_match_a_hand_run_of_the_first_blocks(samples, one_thread, block):
+    images = _real_patches(samples)
+    got = encoder_features("random:vit_tiny:16:0", images, block=block)
+    enc = load_encoder(RANDOM, encoder="vit_tiny", img_size=96, patch_size=16, seed=0)
+    vit = enc.model.eval()
+    x = (images.float() / 255 - torch.tensor(enc.mean).view(1, 3, 1, 1)) / torch.tensor(enc.std).view(1, 3, 1, 1)
+    with torch.no_grad():
+        t = vit._pos_embed(vit.patch_embed(x))  # cls token prepended, position embedding added
+        for blk in list(vit.blocks)[:block]:
+            t = blk(t)
+        t = (t - t.mean(-1, keepdim=True)) / torch.sqrt(t.var(-1, unbiased=False, keepdim=True) + 1e-5)
+    np.testing.assert_allclose(got["cls"], t[:, 0].numpy(), atol=1e-4)
+    np.testing.assert_allclose(got["mean"], t[:, 1:].mean(1).numpy(), atol=1e-4)
+
+
+def test_last_block_is_the_final_features_at_init_and_a_wrong_block_is_refused(samples, one_thread):
+    images = _real_patches(samples, 2)
+    final = encoder_features("random:vit_tiny:16:0", images)
+    last = encoder_features("random:vit_tiny:16:0", images, block=12)  # an untrained final norm is scale 1, shift 0
+    np.testing.assert_allclose(last["cls"], final["cls"], atol=1e-4)
+    with pytest.raises(ValueError, match="random:vit_tiny:16:0: block 13 requested, but the encoder has blocks 1..12"):
+        encoder_features("random:vit_tiny:16:0", images, block=13)
+
+
+def test_a_block_probe_is_its_own_result_file(samples, tmp_path):
+    train = copy_subset(samples / "pcam" / "train", tmp_path / "train", 8)
+    val = copy_subset(samples / "pcam" / "valid", tmp_path / "val", 4)
+    out, cache = tmp_path / "results", str(tmp_path / "cache")
+    final = probe(["random:vit_tiny:16:0"], str(train), str(val), out, cache_dir=cache)
+    inner = probe(["random:vit_tiny:16:0"], str(train), str(val), out, cache_dir=cache, block=3)
+    assert not set(final) & set(inner)
+    records = [json.loads(f.read_text()) for f in inner]
+    assert {r["block"] for r in records} == {3} and {r["label"] for r in records} == {"random:vit_tiny:16:0@block3"}
+    with pytest.raises(ValueError, match="colour-histogram"):
+        probe(["colour-histogram"], str(train), str(val), out, cache_dir=cache, block=3)

@@ -5,6 +5,8 @@
 
 ENCODER is a checkpoint, an exported folder or a shipped encoder's name (anything `load_encoder` takes),
 `random:ENCODER:PATCH:SEED` (an untrained ViT) or `colour-histogram` (RGB + HSV histograms, 8 bins each).
+`--block N` probes the output of transformer block N (1-based) instead of the final norm's, through a LayerNorm
+without learnt scale and shift, so that every depth is on the same footing.
 Each result is one JSON file in --out, written atomically and skipped when present, so a re-run resumes.
 `--table` prints the mean and standard deviation over files that share a `--label`.
 """
@@ -33,15 +35,18 @@ COLOUR = "colour-histogram"
 
 
 @torch.no_grad()
-def encoder_features(spec: str, images: torch.Tensor, batch_size: int = 256,
-                     device: str | torch.device = "cpu") -> dict[str, np.ndarray]:
-    """{"cls": (N, D), "mean": (N, D)} of the encoder named by `spec` on uint8 images (N, 3, S, S)."""
+def encoder_features(spec: str, images: torch.Tensor, batch_size: int = 256, device: str | torch.device = "cpu",
+                     block: int | None = None) -> dict[str, np.ndarray]:
+    """{"cls": (N, D), "mean": (N, D)} of the encoder named by `spec` on uint8 images (N, 3, S, S): after the final
+    norm, or after block `block` (1-based) and a LayerNorm without affine parameters."""
     if spec.startswith("random:"):
         _, name, patch, seed = spec.split(":")
         enc = load_encoder(RANDOM, encoder=name, img_size=images.shape[-1], patch_size=int(patch), seed=int(seed))
     else:
         enc = load_encoder(spec)
     vit = enc.model.eval().to(device)
+    if block is not None and not 1 <= block <= len(vit.blocks):
+        raise ValueError(f"{spec}: block {block} requested, but the encoder has blocks 1..{len(vit.blocks)}")
     mean = torch.tensor(enc.mean, device=device).view(1, 3, 1, 1)
     std = torch.tensor(enc.std, device=device).view(1, 3, 1, 1)
     cls, avg = [], []
@@ -49,7 +54,12 @@ def encoder_features(spec: str, images: torch.Tensor, batch_size: int = 256,
         x = (images[start : start + batch_size].to(device).float() / 255 - mean) / std
         if x.shape[-1] != enc.img_size:
             x = F.interpolate(x, size=(enc.img_size, enc.img_size), mode="bicubic", align_corners=False)
-        tokens = vit.forward_features(x)
+        if block is None:
+            tokens = vit.forward_features(x)
+        else:
+            (patches, prefix), = vit.forward_intermediates(x, indices=[block - 1], norm=False, output_fmt="NLC",
+                                                           intermediates_only=True, return_prefix_tokens=True)
+            tokens = F.layer_norm(torch.cat([prefix, patches], 1), patches.shape[-1:])
         cls.append(tokens[:, 0].float().cpu())
         avg.append(tokens[:, vit.num_prefix_tokens :].mean(1).float().cpu())
     return {"cls": torch.cat(cls).numpy(), "mean": torch.cat(avg).numpy()}
@@ -62,7 +72,7 @@ def _slug(text: str) -> str:
 
 
 def probe(specs: list[str], train_dir: str, val_dir: str, out: Path, label: str | None = None,
-          cache_dir: str | None = None, size: int = 96, device: str = "cpu") -> list[Path]:
+          cache_dir: str | None = None, size: int = 96, device: str = "cpu", block: int | None = None) -> list[Path]:
     """Probe every encoder of `specs`; one JSON per (encoder, pool) in `out`. Returns the files written or found."""
     cache = cache_dir or default_cache_dir()
     train = TensorImageDataset(train_dir, size, cache, validate="none")
@@ -72,23 +82,26 @@ def probe(specs: list[str], train_dir: str, val_dir: str, out: Path, label: str 
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for spec in specs:
+        if spec == COLOUR and block is not None:
+            raise ValueError("--block applies to encoders, not to colour-histogram")
         pools = ["hist"] if spec == COLOUR else ["cls", "mean"]
-        paths = {p: out / f"{_slug(spec)}__{p}.json" for p in pools}
+        key = spec if block is None else f"{spec}@block{block}"
+        paths = {p: out / f"{_slug(key)}__{p}.json" for p in pools}
         if all(p.exists() for p in paths.values()):
             written += paths.values()
             continue
         if spec == COLOUR:
             feats = {"hist": (colour_histogram_features(train.images), colour_histogram_features(val.images))}
         else:
-            tr = encoder_features(spec, train.images, device=device)
-            va = encoder_features(spec, val.images, device=device)
+            tr = encoder_features(spec, train.images, device=device, block=block)
+            va = encoder_features(spec, val.images, device=device, block=block)
             feats = {p: (tr[p], va[p]) for p in pools}
         for pool, (tr_x, va_x) in feats.items():
             result = frozen_probe(tr_x, train.labels.numpy(), va_x, val.labels.numpy(), train.classes)
-            record = {"encoder": spec, "label": label or spec, "pool": pool, "train": str(train_dir),
+            record = {"encoder": spec, "block": block, "label": label or key, "pool": pool, "train": str(train_dir),
                       "val": str(val_dir), "num_train": len(train), "num_val": len(val), **result}
             write_text_atomic(paths[pool], json.dumps(record, indent=1) + "\n")
-            log.info("%s [%s]: logreg balanced accuracy %.4f, kNN20 %.4f", spec, pool,
+            log.info("%s [%s]: logreg balanced accuracy %.4f, kNN20 %.4f", key, pool,
                      result["logreg"]["balanced_accuracy"], result["knn20"]["balanced_accuracy"])
             written.append(paths[pool])
     return written
@@ -126,11 +139,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--label", help="group name for --table (default: the encoder spec)")
     p.add_argument("--cache-dir", help="decoded-image cache (default ~/.cache/gcmae)")
     p.add_argument("--device", default="cpu", help="device for the encoder (e.g. cuda)")
+    p.add_argument("--block", type=int, help="probe the output of this block (1-based) instead of the final norm's")
     p.add_argument("--table", action="store_true", help="print the table of --out and exit")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if not args.table:
-        probe(args.encoders, args.train, args.val, args.out, args.label, args.cache_dir, device=args.device)
+        probe(args.encoders, args.train, args.val, args.out, args.label, args.cache_dir, device=args.device,
+              block=args.block)
     print(table(args.out))
 
 
