@@ -72,5 +72,9 @@ def test_a_block_probe_is_its_own_result_file(samples, tmp_path):
     assert not set(final) & set(inner)
     records = [json.loads(f.read_text()) for f in inner]
     assert {r["block"] for r in records} == {3} and {r["label"] for r in records} == {"random:vit_tiny:16:0@block3"}
-    with pytest.raises(ValueError, match="colour-histogram"):
-        probe(["colour-histogram"], str(train), str(val), out, cache_dir=cache, block=3)
+    labelled = probe(["random:vit_tiny:16:0"], str(train), str(val), out, label="untrained", cache_dir=cache, block=2)
+    assert {json.loads(f.read_text())["label"] for f in labelled} == {"untrained@block2"}  # never pooled with others
+    for bad in (["colour-histogram"], ["random:vit_tiny:16:0", "colour-histogram"]):
+        with pytest.raises(ValueError, match="colour-histogram"):
+            probe(bad, str(train), str(val), out, cache_dir=cache, block=3)
+    assert len(list(out.glob("*.json"))) == 6  # refused before anything was probed

@@ -47,6 +47,8 @@ def encoder_features(spec: str, images: torch.Tensor, batch_size: int = 256, dev
     vit = enc.model.eval().to(device)
     if block is not None and not 1 <= block <= len(vit.blocks):
         raise ValueError(f"{spec}: block {block} requested, but the encoder has blocks 1..{len(vit.blocks)}")
+    if block is not None and vit.num_prefix_tokens != 1:
+        raise ValueError(f"{spec}: --block needs one class token, the encoder has {vit.num_prefix_tokens}")
     mean = torch.tensor(enc.mean, device=device).view(1, 3, 1, 1)
     std = torch.tensor(enc.std, device=device).view(1, 3, 1, 1)
     cls, avg = [], []
@@ -58,7 +60,8 @@ def encoder_features(spec: str, images: torch.Tensor, batch_size: int = 256, dev
             tokens = vit.forward_features(x)
         else:
             (patches, prefix), = vit.forward_intermediates(x, indices=[block - 1], norm=False, output_fmt="NLC",
-                                                           intermediates_only=True, return_prefix_tokens=True)
+                                                           intermediates_only=True, return_prefix_tokens=True,
+                                                           stop_early=True)
             tokens = F.layer_norm(torch.cat([prefix, patches], 1), patches.shape[-1:])
         cls.append(tokens[:, 0].float().cpu())
         avg.append(tokens[:, vit.num_prefix_tokens :].mean(1).float().cpu())
@@ -74,6 +77,8 @@ def _slug(text: str) -> str:
 def probe(specs: list[str], train_dir: str, val_dir: str, out: Path, label: str | None = None,
           cache_dir: str | None = None, size: int = 96, device: str = "cpu", block: int | None = None) -> list[Path]:
     """Probe every encoder of `specs`; one JSON per (encoder, pool) in `out`. Returns the files written or found."""
+    if block is not None and (block < 1 or COLOUR in specs):
+        raise ValueError(f"--block {block}: a block is numbered from 1 and applies to encoders, not to {COLOUR}")
     cache = cache_dir or default_cache_dir()
     train = TensorImageDataset(train_dir, size, cache, validate="none")
     val = TensorImageDataset(val_dir, size, cache, validate="none")
@@ -82,8 +87,6 @@ def probe(specs: list[str], train_dir: str, val_dir: str, out: Path, label: str 
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for spec in specs:
-        if spec == COLOUR and block is not None:
-            raise ValueError("--block applies to encoders, not to colour-histogram")
         pools = ["hist"] if spec == COLOUR else ["cls", "mean"]
         key = spec if block is None else f"{spec}@block{block}"
         paths = {p: out / f"{_slug(key)}__{p}.json" for p in pools}
@@ -98,7 +101,8 @@ def probe(specs: list[str], train_dir: str, val_dir: str, out: Path, label: str 
             feats = {p: (tr[p], va[p]) for p in pools}
         for pool, (tr_x, va_x) in feats.items():
             result = frozen_probe(tr_x, train.labels.numpy(), va_x, val.labels.numpy(), train.classes)
-            record = {"encoder": spec, "block": block, "label": label or key, "pool": pool, "train": str(train_dir),
+            group = (label or spec) if block is None else f"{label or spec}@block{block}"
+            record = {"encoder": spec, "block": block, "label": group, "pool": pool, "train": str(train_dir),
                       "val": str(val_dir), "num_train": len(train), "num_val": len(val), **result}
             write_text_atomic(paths[pool], json.dumps(record, indent=1) + "\n")
             log.info("%s [%s]: logreg balanced accuracy %.4f, kNN20 %.4f", key, pool,
