@@ -93,3 +93,12 @@ def test_exponent_floats_without_a_dot_are_numbers(tmp_path):
     assert (cfg.optim.base_lr, cfg.optim.min_lr, cfg.loss.temperature) == (3e-4, 1e-6, 0.07)
     with pytest.raises(ConfigError, match="optim.base_lr: expected a number"):
         load_pretrain_config(path, ["optim.base_lr=fast"])
+
+
+def test_the_22_epoch_variant_is_the_cpu_hour_recipe_with_the_documented_overrides():
+    variant = load_pretrain_config(REPO / "configs/pretrain/pcam_cpu_22ep_infonce.yaml",
+                                   ["trainer.out_dir=runs/x"])
+    documented = load_pretrain_config(REPO / "configs/pretrain/pcam_cpu_hour.yaml", [
+        "optim.base_lr=3e-4", "optim.epochs=22", "optim.warmup_epochs=2", "loss.contrast_weight=0.1",
+        "loss.objective=infonce", "trainer.out_dir=runs/x"])
+    assert variant == documented
