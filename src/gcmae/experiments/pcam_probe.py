@@ -86,9 +86,10 @@ def probe(specs: list[str], train_dir: str, val_dir: str, out: Path, label: str 
         raise ValueError(f"{train_dir} has classes {train.classes} but {val_dir} has {val.classes}")
     out.mkdir(parents=True, exist_ok=True)
     written = []
+    suffix = "" if block is None else f"@block{block}"  # a block probe is its own result file and table group
     for spec in specs:
         pools = ["hist"] if spec == COLOUR else ["cls", "mean"]
-        key = spec if block is None else f"{spec}@block{block}"
+        key = spec + suffix
         paths = {p: out / f"{_slug(key)}__{p}.json" for p in pools}
         if all(p.exists() for p in paths.values()):
             written += paths.values()
@@ -101,9 +102,9 @@ def probe(specs: list[str], train_dir: str, val_dir: str, out: Path, label: str 
             feats = {p: (tr[p], va[p]) for p in pools}
         for pool, (tr_x, va_x) in feats.items():
             result = frozen_probe(tr_x, train.labels.numpy(), va_x, val.labels.numpy(), train.classes)
-            group = (label or spec) if block is None else f"{label or spec}@block{block}"
-            record = {"encoder": spec, "block": block, "label": group, "pool": pool, "train": str(train_dir),
-                      "val": str(val_dir), "num_train": len(train), "num_val": len(val), **result}
+            record = {"encoder": spec, "block": block, "label": (label or spec) + suffix, "pool": pool,
+                      "train": str(train_dir), "val": str(val_dir), "num_train": len(train), "num_val": len(val),
+                      **result}
             write_text_atomic(paths[pool], json.dumps(record, indent=1) + "\n")
             log.info("%s [%s]: logreg balanced accuracy %.4f, kNN20 %.4f", key, pool,
                      result["logreg"]["balanced_accuracy"], result["knn20"]["balanced_accuracy"])
