@@ -247,7 +247,12 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
+    """Read a YAML config as a nested dict. A top-level `base: other.yaml` (relative to this file's folder) is read
+    first and this file's values are merged over it, section by section; lists and scalars are replaced whole."""
+    return _load_yaml_with_bases(Path(path), ())
+
+
+def _load_yaml_with_bases(path: Path, children: tuple[Path, ...]) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
@@ -256,7 +261,29 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: not valid YAML ({err})") from err
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections")
-    return data
+    if "base" not in data:
+        return data
+    base = data.pop("base")
+    if not isinstance(base, str) or not base.strip():
+        raise ConfigError(f"{path}: base must be the file name of another config, got {base!r}")
+    base_path = path.parent / base
+    chain = (*children, path.resolve())
+    if base_path.resolve() in chain:
+        names = " -> ".join(p.name for p in (*chain, base_path))
+        raise ConfigError(f"{path}: base {base!r} makes a cycle ({names})")
+    if not base_path.is_file():
+        raise ConfigError(f"{path}: base config not found: {base_path}")
+    return _merge(_load_yaml_with_bases(base_path, chain), data)
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
 
 
 def load_pretrain_config(path: str | Path | None = None, overrides: list[str] | None = None) -> PretrainConfig:
