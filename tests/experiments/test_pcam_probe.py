@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from gcmae.encoders.loading import RANDOM, load_encoder
-from gcmae.experiments.pcam_probe import encoder_features, probe, table
+from gcmae.experiments.pcam_probe import centre_crop, encoder_features, probe, table
 from tests.conftest import copy_subset
 
 
@@ -78,3 +78,36 @@ def test_a_block_probe_is_its_own_result_file(samples, tmp_path):
         with pytest.raises(ValueError, match="colour-histogram"):
             probe(bad, str(train), str(val), out, cache_dir=cache, block=3)
     assert len(list(out.glob("*.json"))) == 6  # refused before anything was probed
+
+
+def test_centre_crop_takes_the_middle_pixels():
+    images = torch.arange(2 * 3 * 6 * 6).reshape(2, 3, 6, 6)
+    assert torch.equal(centre_crop(images, 2), images[..., 2:4, 2:4])
+    assert torch.equal(centre_crop(images, 3), images[..., 1:4, 1:4])  # odd margin: the extra pixel at the end
+    assert torch.equal(centre_crop(images, 6), images)
+    with pytest.raises(ValueError, match="centre crop of 7 px asked for 6-px images"):
+        centre_crop(images, 7)
+
+
+def test_a_centre_probe_sees_only_the_centre_resized_to_the_encoder(samples, tmp_path, one_thread):
+    train = copy_subset(samples / "pcam" / "train", tmp_path / "train", 8)
+    val = copy_subset(samples / "pcam" / "valid", tmp_path / "val", 4)
+    out, cache = tmp_path / "results", str(tmp_path / "cache")
+    files = probe(["random:vit_tiny:16:0", "colour-histogram"], str(train), str(val), out, cache_dir=cache,
+                  centre=64)
+    records = [json.loads(f.read_text()) for f in files]
+    assert {r["label"] for r in records} == {"random:vit_tiny:16:0@centre64", "colour-histogram@centre64"}
+    assert {r["centre"] for r in records} == {64}
+    assert not set(files) & set(probe(["colour-histogram"], str(train), str(val), out, cache_dir=cache))
+    # the features: the 96-px untrained ViT on the centre 64 x 64 pixels, upsampled back to 96 (by hand)
+    images = _real_patches(samples, 2)
+    got = encoder_features("random:vit_tiny:16:0", centre_crop(images, 64), random_img_size=96)
+    enc = load_encoder(RANDOM, encoder="vit_tiny", img_size=96, patch_size=16, seed=0)
+    x = images[:, :, 16:80, 16:80].float() / 255
+    x = (x - torch.tensor(enc.mean).view(1, 3, 1, 1)) / torch.tensor(enc.std).view(1, 3, 1, 1)
+    x = torch.nn.functional.interpolate(x, size=(96, 96), mode="bicubic", align_corners=False)
+    with torch.no_grad():
+        tokens = enc.model.eval().forward_features(x)
+    np.testing.assert_allclose(got["cls"], tokens[:, 0].numpy(), atol=1e-4)
+    with pytest.raises(ValueError, match="--centre 100: the crop must be 1..96 px"):
+        probe(["random:vit_tiny:16:0"], str(train), str(val), out, cache_dir=cache, centre=100)

@@ -6,7 +6,9 @@
 ENCODER is a checkpoint, an exported folder or a shipped encoder's name (anything `load_encoder` takes),
 `random:ENCODER:PATCH:SEED` (an untrained ViT) or `colour-histogram` (RGB + HSV histograms, 8 bins each).
 `--block N` probes the output of transformer block N (1-based) instead of the final norm's, through a LayerNorm
-without learnt scale and shift, so that every depth is on the same footing.
+without learnt scale and shift, so that every depth is on the same footing. `--centre N` probes the centre N x N
+pixels of every patch (PCam's label is about the centre 32 x 32), resized back to the encoder's input size; the
+colour histogram is then taken over the same centre.
 Each result is one JSON file in --out, written atomically and skipped when present, so a re-run resumes.
 `--table` prints the mean and standard deviation over files that share a `--label`.
 """
@@ -36,12 +38,14 @@ COLOUR = "colour-histogram"
 
 @torch.no_grad()
 def encoder_features(spec: str, images: torch.Tensor, batch_size: int = 256, device: str | torch.device = "cpu",
-                     block: int | None = None) -> dict[str, np.ndarray]:
-    """{"cls": (N, D), "mean": (N, D)} of the encoder named by `spec` on uint8 images (N, 3, S, S): after the final
-    norm, or after block `block` (1-based) and a LayerNorm without affine parameters."""
+                     block: int | None = None, random_img_size: int | None = None) -> dict[str, np.ndarray]:
+    """{"cls": (N, D), "mean": (N, D)} of the encoder named by `spec` on uint8 images (N, 3, S, S), resized to its
+    input size: after the final norm, or after block `block` (1-based) and a LayerNorm without affine parameters.
+    An untrained `random:` encoder is built for `random_img_size` (default S)."""
     if spec.startswith("random:"):
         _, name, patch, seed = spec.split(":")
-        enc = load_encoder(RANDOM, encoder=name, img_size=images.shape[-1], patch_size=int(patch), seed=int(seed))
+        enc = load_encoder(RANDOM, encoder=name, img_size=random_img_size or images.shape[-1], patch_size=int(patch),
+                           seed=int(seed))
     else:
         enc = load_encoder(spec)
     vit = enc.model.eval().to(device)
@@ -68,6 +72,15 @@ def encoder_features(spec: str, images: torch.Tensor, batch_size: int = 256, dev
     return {"cls": torch.cat(cls).numpy(), "mean": torch.cat(avg).numpy()}
 
 
+def centre_crop(images: torch.Tensor, size: int) -> torch.Tensor:
+    """The centre `size` x `size` pixels of images (..., S, S); for odd margins the extra pixel is at the end."""
+    full = images.shape[-1]
+    if not 0 < size <= full:
+        raise ValueError(f"centre crop of {size} px asked for {full}-px images (it must be 1..{full})")
+    top = (full - size) // 2
+    return images[..., top : top + size, top : top + size]
+
+
 def _slug(text: str) -> str:
     """A readable file name for an encoder spec; the hash keeps long specs that share an ending apart."""
     readable = re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")[-80:]
@@ -75,10 +88,13 @@ def _slug(text: str) -> str:
 
 
 def probe(specs: list[str], train_dir: str, val_dir: str, out: Path, label: str | None = None,
-          cache_dir: str | None = None, size: int = 96, device: str = "cpu", block: int | None = None) -> list[Path]:
+          cache_dir: str | None = None, size: int = 96, device: str = "cpu", block: int | None = None,
+          centre: int | None = None) -> list[Path]:
     """Probe every encoder of `specs`; one JSON per (encoder, pool) in `out`. Returns the files written or found."""
     if block is not None and (block < 1 or COLOUR in specs):
         raise ValueError(f"--block {block}: a block is numbered from 1 and applies to encoders, not to {COLOUR}")
+    if centre is not None and not 0 < centre <= size:
+        raise ValueError(f"--centre {centre}: the crop must be 1..{size} px of the {size}-px patches")
     cache = cache_dir or default_cache_dir()
     train = TensorImageDataset(train_dir, size, cache, validate="none")
     val = TensorImageDataset(val_dir, size, cache, validate="none")
@@ -86,7 +102,10 @@ def probe(specs: list[str], train_dir: str, val_dir: str, out: Path, label: str 
         raise ValueError(f"{train_dir} has classes {train.classes} but {val_dir} has {val.classes}")
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    suffix = "" if block is None else f"@block{block}"  # a block probe is its own result file and table group
+    # a centre or block probe is its own result file and table group
+    suffix = ("" if centre is None else f"@centre{centre}") + ("" if block is None else f"@block{block}")
+    train_images = train.images if centre is None else centre_crop(train.images, centre)
+    val_images = val.images if centre is None else centre_crop(val.images, centre)
     for spec in specs:
         pools = ["hist"] if spec == COLOUR else ["cls", "mean"]
         key = spec + suffix
@@ -95,15 +114,15 @@ def probe(specs: list[str], train_dir: str, val_dir: str, out: Path, label: str 
             written += paths.values()
             continue
         if spec == COLOUR:
-            feats = {"hist": (colour_histogram_features(train.images), colour_histogram_features(val.images))}
+            feats = {"hist": (colour_histogram_features(train_images), colour_histogram_features(val_images))}
         else:
-            tr = encoder_features(spec, train.images, device=device, block=block)
-            va = encoder_features(spec, val.images, device=device, block=block)
+            tr = encoder_features(spec, train_images, device=device, block=block, random_img_size=size)
+            va = encoder_features(spec, val_images, device=device, block=block, random_img_size=size)
             feats = {p: (tr[p], va[p]) for p in pools}
         for pool, (tr_x, va_x) in feats.items():
             result = frozen_probe(tr_x, train.labels.numpy(), va_x, val.labels.numpy(), train.classes)
-            record = {"encoder": spec, "block": block, "label": (label or spec) + suffix, "pool": pool,
-                      "train": str(train_dir), "val": str(val_dir), "num_train": len(train), "num_val": len(val),
+            record = {"encoder": spec, "block": block, "centre": centre, "label": (label or spec) + suffix,
+                      "pool": pool, "train": str(train_dir), "val": str(val_dir), "num_train": len(train), "num_val": len(val),
                       **result}
             write_text_atomic(paths[pool], json.dumps(record, indent=1) + "\n")
             log.info("%s [%s]: logreg balanced accuracy %.4f, kNN20 %.4f", key, pool,
@@ -145,12 +164,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--cache-dir", help="decoded-image cache (default ~/.cache/gcmae)")
     p.add_argument("--device", default="cpu", help="device for the encoder (e.g. cuda)")
     p.add_argument("--block", type=int, help="probe the output of this block (1-based) instead of the final norm's")
+    p.add_argument("--centre", type=int, help="probe the centre N x N pixels of each patch, resized to the input")
     p.add_argument("--table", action="store_true", help="print the table of --out and exit")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if not args.table:
         probe(args.encoders, args.train, args.val, args.out, args.label, args.cache_dir, device=args.device,
-              block=args.block)
+              block=args.block, centre=args.centre)
     print(table(args.out))
 
 
