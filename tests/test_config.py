@@ -129,3 +129,11 @@ def test_bad_base_names_the_file(tmp_path):
     (tmp_path / "d.yaml").write_text("base: [a.yaml]\n")
     with pytest.raises(ConfigError, match="d.yaml: base must be the file name of another config"):
         load_yaml(tmp_path / "d.yaml")
+
+
+def test_a_bad_key_in_a_base_names_the_base(tmp_path):
+    (tmp_path / "root.yaml").write_text("model:\n  encodr: vit_tiny\n")
+    (tmp_path / "child.yaml").write_text("base: root.yaml\noptim:\n  epochs: 3\n")
+    with pytest.raises(ConfigError, match=r"child.yaml \(read over its base .*root.yaml\): unknown config key\(s\) "
+                                          r"model.encodr"):
+        load_pretrain_config(tmp_path / "child.yaml")

@@ -249,10 +249,15 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML config as a nested dict. A top-level `base: other.yaml` (relative to this file's folder) is read
     first and this file's values are merged over it, section by section; lists and scalars are replaced whole."""
+    return load_yaml_and_bases(path)[0]
+
+
+def load_yaml_and_bases(path: str | Path) -> tuple[dict[str, Any], list[Path]]:
+    """`load_yaml`, and the files it read: `path` first, then its base, the base's base..."""
     return _load_yaml_with_bases(Path(path), ())
 
 
-def _load_yaml_with_bases(path: Path, children: tuple[Path, ...]) -> dict[str, Any]:
+def _load_yaml_with_bases(path: Path, children: tuple[Path, ...]) -> tuple[dict[str, Any], list[Path]]:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
@@ -262,7 +267,7 @@ def _load_yaml_with_bases(path: Path, children: tuple[Path, ...]) -> dict[str, A
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections")
     if "base" not in data:
-        return data
+        return data, [path]
     base = data.pop("base")
     if not isinstance(base, str) or not base.strip():
         raise ConfigError(f"{path}: base must be the file name of another config, got {base!r}")
@@ -273,7 +278,8 @@ def _load_yaml_with_bases(path: Path, children: tuple[Path, ...]) -> dict[str, A
         raise ConfigError(f"{path}: base {base!r} makes a cycle ({names})")
     if not base_path.is_file():
         raise ConfigError(f"{path}: base config not found: {base_path}")
-    return _merge(_load_yaml_with_bases(base_path, chain), data)
+    base_data, base_files = _load_yaml_with_bases(base_path, chain)
+    return _merge(base_data, data), [path, *base_files]
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -288,12 +294,13 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 def load_pretrain_config(path: str | Path | None = None, overrides: list[str] | None = None) -> PretrainConfig:
     """Read a pretraining config: defaults <- YAML file <- overrides; validated."""
-    data = load_yaml(path) if path else {}
+    data, files = load_yaml_and_bases(path) if path else ({}, [])
     apply_overrides(data, overrides or [])
     try:
         cfg = from_dict(PretrainConfig, data)
     except ConfigError as err:
-        raise ConfigError(f"{path or 'config'}: {err}") from None
+        bases = f" (read over its base {', '.join(str(f) for f in files[1:])})" if len(files) > 1 else ""
+        raise ConfigError(f"{path or 'config'}{bases}: {err}") from None
     cfg.validate()
     return cfg
 

@@ -8,7 +8,10 @@ import pytest
 import torch
 from PIL import Image
 
+from gcmae.data.in_memory import TensorImageDataset
 from gcmae.encoders.loading import RANDOM, load_encoder
+from gcmae.evaluate.frozen_probe import colour_histogram_features, frozen_probe
+from gcmae.experiments import pcam_probe
 from gcmae.experiments.pcam_probe import centre_crop, encoder_features, probe, table
 from tests.conftest import copy_subset
 
@@ -89,16 +92,32 @@ def test_centre_crop_takes_the_middle_pixels():
         centre_crop(images, 7)
 
 
-def test_a_centre_probe_sees_only_the_centre_resized_to_the_encoder(samples, tmp_path, one_thread):
+def test_a_centre_probe_sees_only_the_centre_resized_to_the_encoder(samples, tmp_path, one_thread, monkeypatch):
     train = copy_subset(samples / "pcam" / "train", tmp_path / "train", 8)
     val = copy_subset(samples / "pcam" / "valid", tmp_path / "val", 4)
     out, cache = tmp_path / "results", str(tmp_path / "cache")
+    calls = []
+
+    def spy(spec, images, **kwargs):
+        calls.append((images.shape[-1], kwargs["random_img_size"]))
+        return encoder_features(spec, images, **kwargs)
+
+    monkeypatch.setattr(pcam_probe, "encoder_features", spy)
     files = probe(["random:vit_tiny:16:0", "colour-histogram"], str(train), str(val), out, cache_dir=cache,
                   centre=64)
     records = [json.loads(f.read_text()) for f in files]
     assert {r["label"] for r in records} == {"random:vit_tiny:16:0@centre64", "colour-histogram@centre64"}
     assert {r["centre"] for r in records} == {64}
+    assert calls == [(64, 96), (64, 96)]  # train and valid: 64-px centres for an encoder built at 96 px
     assert not set(files) & set(probe(["colour-histogram"], str(train), str(val), out, cache_dir=cache))
+    # probe() hands the encoder and the histogram the centre only: the histogram result equals one done by hand
+    data = {d: TensorImageDataset(str(folder), 96, cache, validate="none")
+            for d, folder in (("tr", train), ("va", val))}
+    hand = frozen_probe(*(x for d in ("tr", "va") for x in (
+        colour_histogram_features(data[d].images[..., 16:80, 16:80].contiguous()), data[d].labels.numpy())),
+        data["tr"].classes)
+    hist = next(r for r in records if r["pool"] == "hist")
+    assert hist["logreg"] == hand["logreg"] and hist["knn20"] == hand["knn20"]
     # the features: the 96-px untrained ViT on the centre 64 x 64 pixels, upsampled back to 96 (by hand)
     images = _real_patches(samples, 2)
     got = encoder_features("random:vit_tiny:16:0", centre_crop(images, 64), random_img_size=96)

@@ -122,8 +122,8 @@ def probe(specs: list[str], train_dir: str, val_dir: str, out: Path, label: str 
         for pool, (tr_x, va_x) in feats.items():
             result = frozen_probe(tr_x, train.labels.numpy(), va_x, val.labels.numpy(), train.classes)
             record = {"encoder": spec, "block": block, "centre": centre, "label": (label or spec) + suffix,
-                      "pool": pool, "train": str(train_dir), "val": str(val_dir), "num_train": len(train), "num_val": len(val),
-                      **result}
+                      "pool": pool, "train": str(train_dir), "val": str(val_dir), "num_train": len(train),
+                      "num_val": len(val), **result}
             write_text_atomic(paths[pool], json.dumps(record, indent=1) + "\n")
             log.info("%s [%s]: logreg balanced accuracy %.4f, kNN20 %.4f", key, pool,
                      result["logreg"]["balanced_accuracy"], result["knn20"]["balanced_accuracy"])
