@@ -98,6 +98,8 @@ class TrainerConfig:
     progress_bar: bool = True
     # resume even when the run folder was trained on other data or another architecture (normally refused)
     force_resume: bool = False
+    # also keep checkpoints/kept/epochNNN.ckpt after every n-th epoch, to probe a run along its schedule (0: off)
+    keep_every_n_epochs: int = 0
 
 
 @dataclass
@@ -147,6 +149,8 @@ class PretrainConfig:
             raise ConfigError(f"data.stain_jitter must be >= 0, got {self.data.stain_jitter}")
         if self.data.validate not in ("header", "full", "none"):
             raise ConfigError(f"data.validate must be 'header', 'full' or 'none', got {self.data.validate!r}")
+        if self.trainer.keep_every_n_epochs < 0:
+            raise ConfigError(f"trainer.keep_every_n_epochs must be >= 0, got {self.trainer.keep_every_n_epochs}")
         if self.monitor.pool not in ("cls", "mean"):
             raise ConfigError(f"monitor.pool must be 'cls' or 'mean', got {self.monitor.pool!r}")
         if self.model.img_size % self.model.patch_size:

@@ -9,7 +9,7 @@ import torch
 
 from gcmae.config import ConfigError
 from gcmae.train.pretrain import run_pretrain
-from tests.train.helpers import tiny_config
+from tests.train.helpers import assert_states_close, checkpoint_state, tiny_config
 
 pytestmark = pytest.mark.slow  # real pretraining, slides or subprocesses: skipped by `make test-fast`
 
@@ -61,3 +61,21 @@ def test_a_truncated_last_ckpt_falls_back_to_the_newest_intact_epoch(small_pcam,
     assert "resuming from" in caplog.text and "epoch001.ckpt" in caplog.text
     assert run.trainer.current_epoch == 3
     assert _epoch(last) == 2
+
+
+def test_keep_every_n_epochs_keeps_those_checkpoints_beside_the_latest(small_pcam, tmp_path):
+    out = tmp_path / "run"
+    run_pretrain(tiny_config(small_pcam, out, "optim.epochs=4", "trainer.keep_every_n_epochs=2"))
+    folder = out / "checkpoints"
+    assert sorted(p.name for p in folder.glob("*.ckpt")) == ["epoch003.ckpt", "last.ckpt"]
+    assert sorted(p.name for p in (folder / "kept").iterdir()) == ["epoch001.ckpt", "epoch003.ckpt"]
+    second = torch.load(folder / "kept" / "epoch001.ckpt", map_location="cpu", weights_only=True)
+    last = torch.load(folder / "last.ckpt", map_location="cpu", weights_only=True)
+    assert second["epoch"] == 1 and 2 * second["global_step"] == last["global_step"] > 0
+    assert_states_close(checkpoint_state(folder / "kept" / "epoch003.ckpt"), last["state_dict"])
+    assert not all(torch.equal(second["state_dict"][k], v) for k, v in last["state_dict"].items())
+
+
+def test_keep_every_n_epochs_must_not_be_negative(small_pcam, tmp_path):
+    with pytest.raises(ConfigError, match=r"trainer.keep_every_n_epochs must be >= 0, got -1"):
+        tiny_config(small_pcam, tmp_path, "trainer.keep_every_n_epochs=-1")

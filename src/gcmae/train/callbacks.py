@@ -54,10 +54,10 @@ def checkpoint_to_resume(out_dir: Path, resume: bool = True) -> Path | None:
     """The newest intact checkpoint of the run when `resume`: last.ckpt, else (when it is missing or damaged) the
     newest intact epochNNN.ckpt, with a warning naming what was skipped; None for a fresh run.
 
-    First deletes the temporary files of an AtomicCheckpointIO write that a killed run left; when resuming, keeps
-    the previous metrics.csv as a part (Lightning's CSVLogger would overwrite it)."""
+    First deletes the temporary files of an AtomicCheckpointIO write that a killed run left (in kept/ too); when
+    resuming, keeps the previous metrics.csv as a part (Lightning's CSVLogger would overwrite it)."""
     folder = out_dir / "checkpoints"
-    for stale in folder.glob(".*.tmp"):
+    for stale in [*folder.glob(".*.tmp"), *folder.glob("kept/.*.tmp")]:
         stale.unlink()
     if not resume:
         return None
@@ -99,6 +99,21 @@ class KeepNewestEpoch(L.Callback):
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._prune(trainer)
+
+
+class KeepEveryNEpochs(L.Callback):
+    """Saves a checkpoint after every n-th epoch into `folder` and keeps them all, for probing a run along its
+    schedule. Named like Lightning's epoch files, counted from 0: epoch004.ckpt is the state after 5 epochs."""
+
+    def __init__(self, folder: Path, every_n_epochs: int) -> None:
+        if every_n_epochs < 1:
+            raise ValueError(f"every_n_epochs must be >= 1, got {every_n_epochs}")
+        self.folder = Path(folder)
+        self.every_n_epochs = every_n_epochs
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if (trainer.current_epoch + 1) % self.every_n_epochs == 0:  # every rank calls it; rank 0 writes
+            trainer.save_checkpoint(self.folder / f"epoch{trainer.current_epoch:03d}.ckpt")
 
 
 class KNNMonitor(L.Callback):
