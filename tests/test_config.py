@@ -49,6 +49,8 @@ def test_inconsistent_values_are_rejected(tmp_path):
         load_pretrain_config(None, ["model.img_size=100"])
     with pytest.raises(ConfigError, match="config file not found"):
         load_pretrain_config(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match=r"trainer\.keep_every_n_epochs must be >= 0, got -1"):
+        load_pretrain_config(None, ["trainer.keep_every_n_epochs=-1"])
 
 
 def test_python_tag_in_an_override_is_a_config_error(tmp_path):

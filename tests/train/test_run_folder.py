@@ -74,8 +74,3 @@ def test_keep_every_n_epochs_keeps_those_checkpoints_beside_the_latest(small_pca
     assert second["epoch"] == 1 and 2 * second["global_step"] == last["global_step"] > 0
     assert_states_close(checkpoint_state(folder / "kept" / "epoch003.ckpt"), last["state_dict"])
     assert not all(torch.equal(second["state_dict"][k], v) for k, v in last["state_dict"].items())
-
-
-def test_keep_every_n_epochs_must_not_be_negative(small_pcam, tmp_path):
-    with pytest.raises(ConfigError, match=r"trainer.keep_every_n_epochs must be >= 0, got -1"):
-        tiny_config(small_pcam, tmp_path, "trainer.keep_every_n_epochs=-1")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.callbacks import Checkpoint
 
 from gcmae.config import MonitorConfig
 from gcmae.data.folders import check_same_classes, open_folder
@@ -60,6 +62,7 @@ def checkpoint_to_resume(out_dir: Path, resume: bool = True) -> Path | None:
     for stale in [*folder.glob(".*.tmp"), *folder.glob("kept/.*.tmp")]:
         stale.unlink()
     if not resume:
+        _set_aside_kept(folder)
         return None
     last = last_checkpoint_in(out_dir)
     epochs = sorted(folder.glob("epoch*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True)
@@ -76,7 +79,22 @@ def checkpoint_to_resume(out_dir: Path, resume: bool = True) -> Path | None:
     if candidates:
         raise RuntimeError(f"no intact checkpoint in {folder} to resume from ({', '.join(map(str, candidates))} "
                            "are all damaged): move the folder away to start afresh")
+    _set_aside_kept(folder)
     return None
+
+
+def _set_aside_kept(folder: Path) -> None:
+    """A run started afresh in an old folder renames the old run's kept/ checkpoints to kept-before-<time>/, so
+    that kept/ never mixes two runs' epochs (the old run's last.ckpt and epoch files are overwritten anyway)."""
+    kept = folder / "kept"
+    if not any(kept.glob("*.ckpt")):
+        return
+    aside = folder / f"kept-before-{time.strftime('%Y%m%d-%H%M%S')}"
+    try:
+        kept.rename(aside)
+    except FileNotFoundError:  # another process of a multi-device run moved it first
+        return
+    log.warning("starting afresh: the previous run's kept checkpoints moved from %s to %s", kept, aside)
 
 
 class KeepNewestEpoch(L.Callback):
@@ -101,9 +119,10 @@ class KeepNewestEpoch(L.Callback):
         self._prune(trainer)
 
 
-class KeepEveryNEpochs(L.Callback):
+class KeepEveryNEpochs(Checkpoint):
     """Saves a checkpoint after every n-th epoch into `folder` and keeps them all, for probing a run along its
-    schedule. Named like Lightning's epoch files, counted from 0: epoch004.ckpt is the state after 5 epochs."""
+    schedule. Named like Lightning's epoch files, counted from 0: epoch004.ckpt is the state after 5 epochs.
+    A `Checkpoint` subclass, so Lightning runs it after ModelCheckpoint: last.ckpt is saved first."""
 
     def __init__(self, folder: Path, every_n_epochs: int) -> None:
         if every_n_epochs < 1:
