@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import logging
 import platform
+import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,20 +41,29 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def _step_seconds(model: GCMAE, imgs: torch.Tensor, noise: torch.Tensor, bf16: bool, repeats: int) -> float:
-    times = []
-    for _ in range(repeats + 1):  # the first pass warms up kernels and is not counted
-        start = time.perf_counter()
-        with torch.autocast(device_type="cpu", dtype=torch.bfloat16, enabled=bf16):
-            out = model(imgs, noise)
-            loss = out.embedding.float().sum() + (out.pred.float().square().mean() if out.pred is not None else 0)
-        loss.backward()
-        times.append(time.perf_counter() - start)
-    model.zero_grad(set_to_none=True)
-    return sorted(times[1:])[len(times[1:]) // 2]
+def _step_seconds(model: GCMAE, imgs: torch.Tensor, noise: torch.Tensor, bf16: bool) -> float:
+    """Wall time of one forward + backward of `model`, in bf16 autocast or fp32."""
+    start = time.perf_counter()
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16, enabled=bf16):
+        out = model(imgs, noise)
+        loss = out.embedding.float().sum() + (out.pred.float().square().mean() if out.pred is not None else 0)
+    loss.backward()
+    return time.perf_counter() - start
 
 
-def measure_cpu_bf16_speedup(model: GCMAE, img_size: int, batch_size: int = 32, repeats: int = 3) -> float:
+def interleaved_speedup(step_seconds: Callable[[bool], float], repeats: int) -> float:
+    """Median fp32 time / median bf16 time of `step_seconds(bf16)`, the two precisions timed alternately after one
+    untimed warm-up pass of each: a load that comes or goes while measuring (a second run starting beside this
+    one) then slows both alike instead of whichever block it fell on."""
+    step_seconds(False), step_seconds(True)
+    fp32, bf16 = [], []
+    for _ in range(repeats):
+        fp32.append(step_seconds(False))
+        bf16.append(step_seconds(True))
+    return statistics.median(fp32) / statistics.median(bf16)
+
+
+def measure_cpu_bf16_speedup(model: GCMAE, img_size: int, batch_size: int = 32, repeats: int = 5) -> float:
     """fp32 time / bf16-autocast time of one forward + backward of `model` on a random batch (no optimiser step,
     no memory-bank update, gradients cleared; the global RNG is not touched)."""
     gen = torch.Generator().manual_seed(0)
@@ -61,11 +72,10 @@ def measure_cpu_bf16_speedup(model: GCMAE, img_size: int, batch_size: int = 32, 
     was_training = model.training
     model.train()
     try:
-        fp32 = _step_seconds(model, imgs, noise, False, repeats)
-        bf16 = _step_seconds(model, imgs, noise, True, repeats)
+        return interleaved_speedup(lambda bf16: _step_seconds(model, imgs, noise, bf16), repeats)
     finally:
+        model.zero_grad(set_to_none=True)
         model.train(was_training)
-    return fp32 / bf16
 
 
 def resolve_precision(precision: str, accelerator: str, model: GCMAE, img_size: int) -> PrecisionChoice:
@@ -79,5 +89,5 @@ def resolve_precision(precision: str, accelerator: str, model: GCMAE, img_size: 
         return PrecisionChoice("32-true", "this GPU has no bf16 support")
     speedup = measure_cpu_bf16_speedup(model, img_size)
     chosen = "bf16-mixed" if speedup >= MIN_SPEEDUP else "32-true"
-    return PrecisionChoice(chosen, f"{cpu_name()}, {torch.get_num_threads()} threads: a bf16 step measured "
+    return PrecisionChoice(chosen, f"{cpu_name()}, {torch.get_num_threads()} thread(s): a bf16 step measured "
                                    f"{speedup:.2f}x fp32 (bf16 needs >= {MIN_SPEEDUP}x)")
