@@ -1,7 +1,7 @@
 """`trainer.precision=auto`: bf16-mixed where this device trains faster with it, 32-true elsewhere.
 
 CPUs differ too much to decide from flags: bf16 autocast measured 1.79x fp32 for a ViT-S step on one CPU with AMX,
-1.1-1.3x for ViT-Tiny on an AVX-512-BF16 CPU without AMX, and far slower than fp32 on AVX2-only CPUs. So on a CPU
+1.1-1.6x for ViT-Tiny on an AVX-512-BF16 CPU without AMX, and far slower than fp32 on AVX2-only CPUs. So on a CPU
 the choice times a few forward + backward passes of the model itself in both precisions and keeps bf16 only when it
 is clearly faster. On CUDA, bf16-mixed where the GPU supports it. The memory bank stays fp32 either way.
 """
@@ -52,27 +52,37 @@ def _step_seconds(model: GCMAE, imgs: torch.Tensor, noise: torch.Tensor, bf16: b
 
 
 def interleaved_speedup(step_seconds: Callable[[bool], float], repeats: int) -> float:
-    """Median fp32 time / median bf16 time of `step_seconds(bf16)`, the two precisions timed alternately after one
-    untimed warm-up pass of each: a load that comes or goes while measuring (a second run starting beside this
-    one) then slows both alike instead of whichever block it fell on."""
-    step_seconds(False), step_seconds(True)
-    fp32, bf16 = [], []
-    for _ in range(repeats):
-        fp32.append(step_seconds(False))
-        bf16.append(step_seconds(True))
-    return statistics.median(fp32) / statistics.median(bf16)
+    """Median over `repeats` pairs of fp32 time / bf16 time of `step_seconds(bf16)`, after one untimed warm-up pass
+    of each. The two steps of a pair run back to back (in alternating order), so a load that comes or goes while
+    measuring (a second run starting beside this one) spoils at most one pair's ratio, which the median drops."""
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    step_seconds(False)
+    step_seconds(True)
+    ratios = []
+    for i in range(repeats):
+        if i % 2:
+            bf16 = step_seconds(True)
+            fp32 = step_seconds(False)
+        else:
+            fp32 = step_seconds(False)
+            bf16 = step_seconds(True)
+        ratios.append(fp32 / bf16)
+    return statistics.median(ratios)
 
 
 def measure_cpu_bf16_speedup(model: GCMAE, img_size: int, batch_size: int = 32, repeats: int = 5) -> float:
-    """fp32 time / bf16-autocast time of one forward + backward of `model` on a random batch (no optimiser step,
-    no memory-bank update, gradients cleared; the global RNG is not touched)."""
+    """fp32 time / bf16-autocast time of a forward + backward of `model` on a random batch (`interleaved_speedup`;
+    no optimiser step, no memory-bank update, gradients cleared; the global RNG, which drop-path draws from, is
+    restored, so a run with `auto` trains on the same random stream as one with its choice spelt out)."""
     gen = torch.Generator().manual_seed(0)
     imgs = torch.randn(batch_size, 3, img_size, img_size, generator=gen)
     noise = torch.rand(batch_size, model.encoder.patch_embed.num_patches, generator=gen)
     was_training = model.training
     model.train()
     try:
-        return interleaved_speedup(lambda bf16: _step_seconds(model, imgs, noise, bf16), repeats)
+        with torch.random.fork_rng(devices=[]):
+            return interleaved_speedup(lambda bf16: _step_seconds(model, imgs, noise, bf16), repeats)
     finally:
         model.zero_grad(set_to_none=True)
         model.train(was_training)
