@@ -42,6 +42,11 @@ def last_checkpoint_in(out_dir: str | Path) -> Path:
     return Path(out_dir) / "checkpoints" / "last.ckpt"
 
 
+def kept_checkpoints_in(out_dir: str | Path) -> Path:
+    """The folder where `trainer.keep_every_n_epochs` keeps a run's epochNNN.ckpt files (see KeepEveryNEpochs)."""
+    return Path(out_dir) / "checkpoints" / "kept"
+
+
 def is_intact_checkpoint(path: Path) -> bool:
     """True when every member of the checkpoint's zip archive reads back with its CRC (a truncated or
     half-copied file fails); cheap next to loading it."""
@@ -59,10 +64,10 @@ def checkpoint_to_resume(out_dir: Path, resume: bool = True) -> Path | None:
     First deletes the temporary files of an AtomicCheckpointIO write that a killed run left (in kept/ too); when
     resuming, keeps the previous metrics.csv as a part (Lightning's CSVLogger would overwrite it)."""
     folder = out_dir / "checkpoints"
-    for stale in [*folder.glob(".*.tmp"), *folder.glob("kept/.*.tmp")]:
+    for stale in [*folder.glob(".*.tmp"), *kept_checkpoints_in(out_dir).glob(".*.tmp")]:
         stale.unlink()
     if not resume:
-        _set_aside_kept(folder)
+        _set_aside_kept(out_dir)
         return None
     last = last_checkpoint_in(out_dir)
     epochs = sorted(folder.glob("epoch*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True)
@@ -79,17 +84,17 @@ def checkpoint_to_resume(out_dir: Path, resume: bool = True) -> Path | None:
     if candidates:
         raise RuntimeError(f"no intact checkpoint in {folder} to resume from ({', '.join(map(str, candidates))} "
                            "are all damaged): move the folder away to start afresh")
-    _set_aside_kept(folder)
+    _set_aside_kept(out_dir)
     return None
 
 
-def _set_aside_kept(folder: Path) -> None:
+def _set_aside_kept(out_dir: Path) -> None:
     """A run started afresh in an old folder renames the old run's kept/ checkpoints to kept-before-<time>/, so
     that kept/ never mixes two runs' epochs (the old run's last.ckpt and epoch files are overwritten anyway)."""
-    kept = folder / "kept"
+    kept = kept_checkpoints_in(out_dir)
     if not any(kept.glob("*.ckpt")):
         return
-    aside = folder / f"kept-before-{time.strftime('%Y%m%d-%H%M%S')}"
+    aside = kept.with_name(f"kept-before-{time.strftime('%Y%m%d-%H%M%S')}")
     try:
         kept.rename(aside)
     except FileNotFoundError:  # another process of a multi-device run moved it first

@@ -25,7 +25,7 @@ from gcmae.data.sampler import SeededEpochSampler
 from gcmae.data.transforms import eval_transform, pretrain_transform
 from gcmae.io.atomic import write_text_atomic
 from gcmae.train.callbacks import (AtomicCheckpointIO, KeepEveryNEpochs, KeepNewestEpoch, KNNMonitor,
-                                   checkpoint_to_resume, last_checkpoint_in)
+                                   checkpoint_to_resume, kept_checkpoints_in, last_checkpoint_in)
 from gcmae.train.module import PretrainModule
 from gcmae.train.precision import cpu_name, resolve_precision
 from gcmae.train.progress import progress_callbacks
@@ -189,7 +189,7 @@ def run_pretrain(cfg: PretrainConfig, resume: bool = True, extra_callbacks: Sequ
         RunFigures(out_dir, dataset, cfg),
     ]
     if cfg.trainer.keep_every_n_epochs:
-        callbacks.append(KeepEveryNEpochs(out_dir / "checkpoints" / "kept", cfg.trainer.keep_every_n_epochs))
+        callbacks.append(KeepEveryNEpochs(kept_checkpoints_in(out_dir), cfg.trainer.keep_every_n_epochs))
     m = cfg.monitor
     if m.train_dir or m.val_dir:
         callbacks.insert(0, KNNMonitor(m, cfg.model.img_size, d.mean, d.std))
