@@ -71,6 +71,11 @@ class DataConfig:
     cache_dir: str = ""  # "" = $XDG_CACHE_HOME/gcmae (~/.cache/gcmae)
     rotate90: bool = False  # random vertical flips and 90-degree rotations (with hflip: all 8 symmetries)
     stain_jitter: float = 0.0  # HED stain jitter strength (0 = off); see gcmae.data.batch_augment
+    # SimCLR colour distortion (gcmae.data.colour_jitter): strength s in [0, 1.25] (0 = off; SimCLR's is 1),
+    # applied to each image with probability colour_jitter_p, then grayscale with probability grayscale
+    colour_jitter: float = 0.0
+    colour_jitter_p: float = 0.8
+    grayscale: float = 0.0
 
 
 @dataclass
@@ -143,8 +148,15 @@ class PretrainConfig:
             raise ConfigError(f"loss.projection_dim must be >= 0, got {self.loss.projection_dim}")
         if self.loss.z_estimate not in ("first_batch", "running"):
             raise ConfigError(f"loss.z_estimate must be 'first_batch' or 'running', got {self.loss.z_estimate!r}")
-        if (self.data.rotate90 or self.data.stain_jitter) and not self.data.in_memory:
-            raise ConfigError("data.rotate90 and data.stain_jitter run on tensor batches: set data.in_memory=true")
+        d = self.data
+        if (d.rotate90 or d.stain_jitter or d.colour_jitter or d.grayscale) and not d.in_memory:
+            raise ConfigError("data.rotate90, data.stain_jitter, data.colour_jitter and data.grayscale run on tensor "
+                              "batches: set data.in_memory=true")
+        if not 0 <= d.colour_jitter <= 1.25:
+            raise ConfigError(f"data.colour_jitter must be in [0, 1.25], got {d.colour_jitter}")
+        if not (0 <= d.colour_jitter_p <= 1 and 0 <= d.grayscale <= 1):
+            raise ConfigError(f"data.colour_jitter_p and data.grayscale are probabilities in [0, 1], got "
+                              f"{d.colour_jitter_p} and {d.grayscale}")
         if self.data.stain_jitter < 0:
             raise ConfigError(f"data.stain_jitter must be >= 0, got {self.data.stain_jitter}")
         if self.data.validate not in ("header", "full", "none"):

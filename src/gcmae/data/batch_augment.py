@@ -4,7 +4,8 @@ The same draws as torchvision's `RandomResizedCrop` (scale, log-uniform aspect r
 fallback), done for every image of a batch at once with `torchvision.ops.roi_align` (bilinear; it averages several
 samples per output pixel when a crop shrinks), then random flips and 90° rotations (tissue has no up), an optional
 HED stain jitter (Tellez et al. 2018: each stain's optical density scaled by U(1-s, 1+s) and shifted by U(-s, s),
-in skimage's `rgb2hed` units) and the mean/std normalisation.
+in skimage's `rgb2hed` units), optional SimCLR colour distortion (`gcmae.data.colour_jitter`) and the mean/std
+normalisation.
 """
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import math
 import torch
 import torch.nn as nn
 from torchvision.ops import roi_align
+
+from gcmae.data.colour_jitter import apply_colour_jitter, draw_colour_jitter
 
 # Ruifrok & Johnston's haematoxylin, eosin and DAB optical-density vectors (rows), exactly skimage.color.rgb_from_hed
 _RGB_FROM_HED = torch.tensor([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], dtype=torch.float64)
@@ -64,17 +67,22 @@ def random_resized_boxes(batch: int, height: int, width: int, scale: tuple[float
 
 class BatchAugment(nn.Module):
     """uint8 (B, 3, H, W) -> normalised float (B, 3, size, size): random resized crop, flips and 90° rotations,
-    optional HED stain jitter, normalisation. Every draw comes from the `generator` passed in."""
+    optional HED stain jitter, optional colour distortion (strength `colour_jitter`, applied with probability
+    `colour_jitter_p`, then grayscale with probability `grayscale`), normalisation. Every draw comes from the
+    `generator` passed in; the colour draws are made only when colour distortion or grayscale is on."""
 
     def __init__(self, size: int, scale: tuple[float, float] = (0.2, 1.0), hflip: bool = True,
                  rotate90: bool = False, stain_jitter: float = 0.0,
                  mean: tuple[float, float, float] = (0.5, 0.5, 0.5), std: tuple[float, float, float] = (0.5, 0.5, 0.5),
-                 ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> None:
+                 ratio: tuple[float, float] = (3 / 4, 4 / 3), colour_jitter: float = 0.0,
+                 colour_jitter_p: float = 0.8, grayscale: float = 0.0) -> None:
         super().__init__()
         if stain_jitter < 0:
             raise ValueError(f"stain_jitter must be >= 0, got {stain_jitter}")
         self.size, self.scale, self.ratio = size, tuple(scale), tuple(ratio)
         self.hflip, self.rotate90, self.stain_jitter = hflip, rotate90, stain_jitter
+        draw_colour_jitter(1, colour_jitter, colour_jitter_p, grayscale, torch.Generator())  # checks the values
+        self.colour_jitter, self.colour_jitter_p, self.grayscale = colour_jitter, colour_jitter_p, grayscale
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
 
@@ -99,4 +107,7 @@ class BatchAugment(nn.Module):
             alpha = torch.empty(b, 3, 1, 1).uniform_(1 - s, 1 + s, generator=generator).to(device)
             beta = torch.empty(b, 3, 1, 1).uniform_(-s, s, generator=generator).to(device)
             x = hed_to_rgb(rgb_to_hed(x) * alpha + beta)
+        if self.colour_jitter > 0 or self.grayscale > 0:
+            draws = draw_colour_jitter(b, self.colour_jitter, self.colour_jitter_p, self.grayscale, generator)
+            x = apply_colour_jitter(x, draws)
         return (x - self.mean) / self.std

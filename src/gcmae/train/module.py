@@ -28,7 +28,8 @@ class PretrainModule(L.LightningModule):
         d = self.cfg.data
         # in-memory data arrive as uint8 batches: crop, flips and stain jitter run here, on the training device
         self.augment = (BatchAugment(self.cfg.model.img_size, d.crop_scale, d.hflip, d.rotate90, d.stain_jitter,
-                                     d.mean, d.std) if d.in_memory else None)
+                                     d.mean, d.std, colour_jitter=d.colour_jitter, colour_jitter_p=d.colour_jitter_p,
+                                     grayscale=d.grayscale) if d.in_memory else None)
 
     def contrast_scale(self) -> float:
         """The contrast weight's ramp: linear from 0 to 1 over loss.contrast_warmup_epochs, then 1."""
