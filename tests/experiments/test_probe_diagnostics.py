@@ -1,0 +1,40 @@
+"""Probe diagnostics: in- vs out-of-distribution scores and the encoder + histogram probe."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from gcmae.data.in_memory import TensorImageDataset
+from gcmae.evaluate.frozen_probe import colour_histogram_features, frozen_probe
+from gcmae.experiments.probe_diagnostics import diagnose, in_and_out_of_distribution
+from tests.conftest import copy_subset
+
+
+def test_a_relation_that_flips_on_other_slides_scores_one_inside_and_zero_outside():
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1], 50)
+    x = np.stack([y + 0.05 * rng.standard_normal(100), rng.standard_normal(100)], 1)
+    flipped = np.stack([(1 - y) + 0.05 * rng.standard_normal(100), rng.standard_normal(100)], 1)
+    scores = in_and_out_of_distribution(x, y, flipped, y)
+    assert scores == {"train_in_sample": 1.0, "train_cv": 1.0, "valid": 0.0}
+
+
+def test_diagnose_matches_the_study_probe_and_resumes(samples, tmp_path):
+    train = copy_subset(samples / "pcam" / "train", tmp_path / "train", 12)
+    val = copy_subset(samples / "pcam" / "valid", tmp_path / "val", 6)
+    out = tmp_path / "diag"
+    files = diagnose(["colour-histogram", "random:vit_tiny:16:0"], str(train), str(val), out,
+                     cache_dir=str(tmp_path / "cache"))
+    hist, rand = (json.loads(f.read_text()) for f in files)
+    assert set(hist) >= {"hist"} and "valid_with_histogram" not in hist["hist"]
+    assert set(rand["cls"]) == {"train_in_sample", "train_cv", "valid", "valid_with_histogram"}
+    tr = TensorImageDataset(str(train), 96, str(tmp_path / "cache"), validate="none")
+    va = TensorImageDataset(str(val), 96, str(tmp_path / "cache"), validate="none")
+    study = frozen_probe(colour_histogram_features(tr.images), tr.labels.numpy(),
+                         colour_histogram_features(va.images), va.labels.numpy(), tr.classes)
+    assert abs(hist["hist"]["valid"] - study["logreg"]["balanced_accuracy"]) < 1e-9
+    stamps = [f.stat().st_mtime_ns for f in files]
+    again = diagnose(["colour-histogram", "random:vit_tiny:16:0"], str(train), str(val), out,
+                     cache_dir=str(tmp_path / "cache"))
+    assert [f.stat().st_mtime_ns for f in again] == stamps
