@@ -39,6 +39,7 @@ def test_draws_ranges_probability_and_seeding():
     changed = (d.factors != torch.tensor([1.0, 1.0, 1.0, 0.0])).any(1)
     assert 0.77 < changed.float().mean() < 0.83 and 0.18 < d.grayscale.float().mean() < 0.22
     assert d.factors[:, :3].min() >= 0.2 and d.factors[:, :3].max() <= 1.8 and d.factors[:, 3].abs().max() <= 0.2
+    assert d.factors[:, :3].min() < 0.21 and d.factors[:, :3].max() > 1.79 and d.factors[:, 3].abs().max() > 0.199
     assert torch.equal(d.order.sort(1).values, torch.arange(4).expand(4000, 4))
     again = draw_colour_jitter(4000, 1.0, 0.8, 0.2, torch.Generator().manual_seed(0))
     assert torch.equal(d.factors, again.factors) and torch.equal(d.order, again.order)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 from gcmae.data.in_memory import TensorImageDataset
 from gcmae.evaluate.frozen_probe import colour_histogram_features, frozen_probe
@@ -20,7 +21,7 @@ def test_a_relation_that_flips_on_other_slides_scores_one_inside_and_zero_outsid
     assert scores == {"train_in_sample": 1.0, "train_cv": 1.0, "valid": 0.0}
 
 
-def test_diagnose_matches_the_study_probe_and_resumes(samples, tmp_path):
+def test_diagnose_matches_the_study_probe_and_resumes(samples, tmp_path, monkeypatch):
     train = copy_subset(samples / "pcam" / "train", tmp_path / "train", 12)
     val = copy_subset(samples / "pcam" / "valid", tmp_path / "val", 6)
     out = tmp_path / "diag"
@@ -34,7 +35,14 @@ def test_diagnose_matches_the_study_probe_and_resumes(samples, tmp_path):
     study = frozen_probe(colour_histogram_features(tr.images), tr.labels.numpy(),
                          colour_histogram_features(va.images), va.labels.numpy(), tr.classes)
     assert abs(hist["hist"]["valid"] - study["logreg"]["balanced_accuracy"]) < 1e-9
-    stamps = [f.stat().st_mtime_ns for f in files]
+    texts = [f.read_text() for f in files]
+
+    def no_second_extraction(*args, **kwargs):
+        raise AssertionError("a finished encoder was computed again")
+
+    monkeypatch.setattr("gcmae.experiments.probe_diagnostics.encoder_features", no_second_extraction)
     again = diagnose(["colour-histogram", "random:vit_tiny:16:0"], str(train), str(val), out,
                      cache_dir=str(tmp_path / "cache"))
-    assert [f.stat().st_mtime_ns for f in again] == stamps
+    assert [f.read_text() for f in again] == texts
+    with pytest.raises(ValueError, match="use another --out"):  # the same --out, other folders: never stale results
+        diagnose(["colour-histogram"], str(val), str(train), out, cache_dir=str(tmp_path / "cache"))

@@ -61,7 +61,12 @@ def diagnose(specs: list[str], train_dir: str, val_dir: str, out: Path, cache_di
     written = []
     for spec in specs:
         path = out / f"{_slug(spec)}.json"
-        if not path.exists():
+        if path.exists():
+            found = json.loads(path.read_text())
+            if (found.get("train"), found.get("val")) != (str(train_dir), str(val_dir)):
+                raise ValueError(f"{path} holds results for train {found.get('train')} / val {found.get('val')}, "
+                                 f"not {train_dir} / {val_dir}: use another --out")
+        else:
             if spec == COLOUR:
                 feats = {"hist": hist}
             else:

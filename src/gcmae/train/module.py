@@ -26,7 +26,7 @@ class PretrainModule(L.LightningModule):
         self.cfg: PretrainConfig = from_dict(PretrainConfig, config)
         self.model = GCMAE.from_config(self.cfg, num_data)
         d = self.cfg.data
-        # in-memory data arrive as uint8 batches: crop, flips and stain jitter run here, on the training device
+        # in-memory data arrive as uint8 batches: crop, flips, stain and colour jitter run here, on the training device
         self.augment = (BatchAugment(self.cfg.model.img_size, d.crop_scale, d.hflip, d.rotate90, d.stain_jitter,
                                      d.mean, d.std, colour_jitter=d.colour_jitter, colour_jitter_p=d.colour_jitter_p,
                                      grayscale=d.grayscale) if d.in_memory else None)
