@@ -88,7 +88,7 @@ def stain_from_record(record: dict[str, Any]) -> StainNormalizer | None:
     if not stored:
         return None
     stain = StainNormalizer.from_dict(stored)
-    if record.get("stain_id") not in (None, stain.id):
+    if record.get("stain_id") is not None and not stain.matches_id(record["stain_id"]):
         raise ValueError(f"recorded stain_id {record.get('stain_id')} does not match the stored normaliser "
                          f"({stain.id})")
     return stain

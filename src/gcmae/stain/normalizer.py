@@ -49,6 +49,16 @@ class StainBatch:
         return int(self.failed.sum())
 
 
+ID_SIGNIFICANT_DIGITS = 4
+
+
+def _rounded(values: Any, significant: int) -> Any:
+    """Nested lists of floats rounded to `significant` digits (as JSON would print them)."""
+    if isinstance(values, list):
+        return [_rounded(v, significant) for v in values]
+    return float(f"{values:.{significant}g}")
+
+
 def _sha256_file(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -171,22 +181,35 @@ class StainNormalizer:
             raise StainError(f"stored {norm.method} normaliser passes tiles through by the rule "
                              f"{d.get('tissue_rule', 'od_every_channel')!r} (an earlier gcmae); this version uses "
                              f"{TISSUE_RULES[norm.method]!r}: re-extract the features with this version")
-        if d.get("id") not in (None, norm.id):
+        if d.get("id") is not None and not norm.matches_id(d["id"]):
             raise StainError(f"stored stain normaliser's id {d.get('id')} does not match its parameters "
                              f"({norm.id}): edited?")
         return norm
 
-    def _core(self) -> dict[str, Any]:
-        return {"method": self.method, "params": {k: v.tolist() for k, v in self.params.items()}, "io": IO,
+    def _core(self, significant: int | None = None) -> dict[str, Any]:
+        params = {k: v.tolist() for k, v in self.params.items()}
+        if significant is not None:
+            params = {k: _rounded(v, significant) for k, v in params.items()}
+        return {"method": self.method, "params": params, "io": IO,
                 "alpha": ALPHA, "beta": BETA, "min_tissue": self.min_tissue,
                 # recorded where it differs from the first release's rule, so Macenko's ids stay the same
                 **({"tissue_rule": TISSUE_RULES[self.method]} if self.method == "reinhard" else {})}
 
+    def _digest(self, significant: int | None) -> str:
+        digest = hashlib.sha256(json.dumps(self._core(significant), sort_keys=True).encode()).hexdigest()
+        return f"{self.method}-{digest[:8]}"
+
     @property
     def id(self) -> str:
-        """'<method>-<8 hex>': a digest of what determines the output (method, parameters, constants)."""
-        digest = hashlib.sha256(json.dumps(self._core(), sort_keys=True).encode()).hexdigest()
-        return f"{self.method}-{digest[:8]}"
+        """'<method>-<8 hex>': a digest of what determines the output (method, parameters to 4 significant digits,
+        constants). Rounded because the same target fits to parameters that differ in the last bits on different
+        CPUs (their eigensolvers round differently), and such a fit must keep the same id."""
+        return self._digest(ID_SIGNIFICANT_DIGITS)
+
+    def matches_id(self, stored: str | None) -> bool:
+        """Whether `stored` is this normaliser's id: the current one, or the full-precision digest that gcmae
+        recorded before ids were rounded (so features made then still match their own normaliser)."""
+        return stored in (self.id, self._digest(None))
 
     def __repr__(self) -> str:
         return f"StainNormalizer({self.id}, target {self.target_name} sha256 {self.target_sha256[:12]}…)"
