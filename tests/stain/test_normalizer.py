@@ -204,3 +204,22 @@ def test_the_id_survives_last_bit_differences_and_accepts_the_earlier_full_preci
     assert full != norm.id and StainNormalizer.from_dict({**record, "id": full}).id == norm.id
     with pytest.raises(StainError, match="edited"):
         StainNormalizer.from_dict({**record, "id": "macenko-00000000"})
+
+
+def test_features_with_an_earlier_id_still_match_a_model_of_the_same_normaliser():
+    from gcmae.slide.tile_classifier import check_features_match
+    from gcmae.stain.normalizer import recorded_stain_id
+
+    norm = StainNormalizer.fit(None, "macenko")
+    record = norm.to_dict()
+    core = {k: record[k] for k in ("method", "params", "io", "alpha", "beta", "min_tissue")}
+    legacy = "macenko-" + hashlib.sha256(json.dumps(core, sort_keys=True).encode()).hexdigest()[:8]
+    old_features = {"weights_id": "w", "stain": json.dumps({**record, "id": legacy}), "stain_id": legacy}
+    new_model = {"weights_id": "w", "stain": record, "stain_id": norm.id}
+    assert recorded_stain_id(old_features) == norm.id != legacy
+    check_features_match(new_model, old_features, "f.h5")  # the same normalisation: accepted
+    other = StainNormalizer.fit(None, "reinhard")
+    with pytest.raises(ValueError, match="stain normalisation"):
+        check_features_match({"weights_id": "w", "stain": other.to_dict(), "stain_id": other.id}, old_features, "f.h5")
+    with pytest.raises(ValueError, match="stain normalisation"):
+        check_features_match({"weights_id": "w"}, old_features, "f.h5")  # none counts as one

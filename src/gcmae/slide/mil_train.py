@@ -34,6 +34,7 @@ from gcmae.slide.options import MILTrainOptions
 from gcmae.slide.mil import CONFIG_FILE, FORMAT, MODEL_FILE, ABMILConfig, GatedABMIL, MILModel, load_mil_model, \
     save_weights
 from gcmae.slide.tile_classifier import check_features_match, load_tile_classifier
+from gcmae.stain.normalizer import recorded_stain_id
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,9 @@ def _common_record(bags: list[BagInfo], opts: MILTrainOptions) -> tuple[dict[str
     else:
         record = {k: ref.attrs[k] for k in ENCODER_KEYS if k in ref.attrs}
         for b in bags:
-            diff = [k for k in MATCH_KEYS if b.attrs.get(k) != ref.attrs.get(k)]
+            diff = [k for k in MATCH_KEYS if k != "stain_id" and b.attrs.get(k) != ref.attrs.get(k)]
+            if recorded_stain_id(b.attrs) != recorded_stain_id(ref.attrs):
+                diff.append("stain_id")
             if diff:
                 raise ValueError(f"{b.path} and {ref.path} come from different encoders or settings "
                                  f"({', '.join(f'{k}: {b.attrs.get(k)!r} vs {ref.attrs.get(k)!r}' for k in diff)})")

@@ -24,6 +24,7 @@ from gcmae.io.atomic import write_bytes_atomic, write_text_atomic
 from gcmae.scoring.metrics import classification_metrics
 from gcmae.scoring.probe import fit_logistic_probe
 from gcmae.slide.bags import MATCH_KEYS
+from gcmae.stain.normalizer import recorded_stain_id
 
 NPZ_FILE, JSON_FILE = "classifier.npz", "classifier.json"
 FORMAT = "gcmae-tile-classifier"
@@ -136,7 +137,7 @@ def check_features_match(clf_meta: dict[str, Any], attrs: dict[str, Any], where:
     encoder, pool or image size, or another stain normalisation (none counts as one)."""
     want = clf_meta
     if "weights_id" in attrs or "stain_id" in attrs:  # gcmae features: no stain_id means not normalised
-        have, need = attrs.get("stain_id") or "none", want.get("stain_id") or "none"
+        have, need = recorded_stain_id(attrs) or "none", recorded_stain_id(want) or "none"
         if have != need:
             raise ValueError(f"{where}: these features were made with stain normalisation {have!r}, the model "
                              f"was trained on features made with {need!r}{_stain_hint(want)}; refused "

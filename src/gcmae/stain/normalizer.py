@@ -303,3 +303,16 @@ def make_normalizer(method: str | None, target: str | Path | None = None) -> Sta
             raise StainError(f"--stain-target {target} given without --stain-norm (choose {', '.join(METHODS)})")
         return None
     return StainNormalizer.fit(target or None, method)
+
+
+def recorded_stain_id(record: dict[str, Any]) -> str | None:
+    """The id of the normaliser a feature file's attributes or a model's record stores, in this version's form
+    (re-derived from the stored `stain` when there is one, so an id recorded before ids were rounded compares
+    equal to a fresh one); the recorded `stain_id` as it is otherwise; None when there is neither."""
+    stored = record.get("stain")
+    if stored:
+        try:
+            return StainNormalizer.from_dict(stored).id
+        except StainError:
+            pass  # an unreadable record keeps its recorded id, which then mismatches and is reported
+    return record.get("stain_id")
