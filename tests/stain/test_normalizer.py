@@ -189,6 +189,13 @@ def test_stored_ids_stay_stable_and_an_earlier_reinhard_record_is_refused():
         StainNormalizer.from_dict(old)
 
 
+
+def _full_precision_macenko_id(record: dict) -> str:
+    """The id gcmae recorded before ids were rounded, by hand: sha256 of the unrounded Macenko core (no tissue
+    rule), first 8 hex digits."""
+    core = {k: record[k] for k in ("method", "params", "io", "alpha", "beta", "min_tissue")}
+    return "macenko-" + hashlib.sha256(json.dumps(core, sort_keys=True).encode()).hexdigest()[:8]
+
 def test_the_id_survives_last_bit_differences_and_accepts_the_earlier_full_precision_digest():
     # the same target fits to parameters ~1e-7 apart with 1 or 2 threads (measured); the id must not change
     norm = StainNormalizer.fit(None, "macenko")
@@ -198,9 +205,7 @@ def test_the_id_survives_last_bit_differences_and_accepts_the_earlier_full_preci
     moved = {k: (torch.tensor(v) * 1.01).tolist() for k, v in record["params"].items()}
     assert StainNormalizer("macenko", moved, norm.target_sha256).id != norm.id
     # what gcmae stored before ids were rounded: sha256 of the full-precision core, still accepted
-    core = {"method": "macenko", "params": record["params"], "io": record["io"], "alpha": record["alpha"],
-            "beta": record["beta"], "min_tissue": record["min_tissue"]}
-    full = "macenko-" + hashlib.sha256(json.dumps(core, sort_keys=True).encode()).hexdigest()[:8]
+    full = _full_precision_macenko_id(record)
     assert full != norm.id and StainNormalizer.from_dict({**record, "id": full}).id == norm.id
     with pytest.raises(StainError, match="edited"):
         StainNormalizer.from_dict({**record, "id": "macenko-00000000"})
@@ -212,8 +217,7 @@ def test_features_with_an_earlier_id_still_match_a_model_of_the_same_normaliser(
 
     norm = StainNormalizer.fit(None, "macenko")
     record = norm.to_dict()
-    core = {k: record[k] for k in ("method", "params", "io", "alpha", "beta", "min_tissue")}
-    legacy = "macenko-" + hashlib.sha256(json.dumps(core, sort_keys=True).encode()).hexdigest()[:8]
+    legacy = _full_precision_macenko_id(record)
     old_features = {"weights_id": "w", "stain": json.dumps({**record, "id": legacy}), "stain_id": legacy}
     new_model = {"weights_id": "w", "stain": record, "stain_id": norm.id}
     assert recorded_stain_id(old_features) == norm.id != legacy

@@ -89,9 +89,10 @@ def _common_record(bags: list[BagInfo], opts: MILTrainOptions) -> tuple[dict[str
         record: dict[str, Any] = {}
     else:
         record = {k: ref.attrs[k] for k in ENCODER_KEYS if k in ref.attrs}
+        ref_stain = recorded_stain_id(ref.attrs)
         for b in bags:
             diff = [k for k in MATCH_KEYS if k != "stain_id" and b.attrs.get(k) != ref.attrs.get(k)]
-            if recorded_stain_id(b.attrs) != recorded_stain_id(ref.attrs):
+            if recorded_stain_id(b.attrs) != ref_stain:
                 diff.append("stain_id")
             if diff:
                 raise ValueError(f"{b.path} and {ref.path} come from different encoders or settings "
