@@ -139,3 +139,17 @@ def test_a_bad_key_in_a_base_names_the_base(tmp_path):
     with pytest.raises(ConfigError, match=r"child.yaml \(read over its base .*root.yaml\): unknown config key\(s\) "
                                           r"model.encodr"):
         load_pretrain_config(tmp_path / "child.yaml")
+
+
+def test_stain_norm_choices_match_the_stain_package_and_are_checked():
+    from gcmae.config import STAIN_CHOICES
+    from gcmae.stain import CHOICES
+
+    assert STAIN_CHOICES == CHOICES
+    assert load_pretrain_config(None, ["data.in_memory=true", "data.stain_norm=macenko"]).data.stain_norm == "macenko"
+    with pytest.raises(ConfigError, match="data.stain_norm must be one of"):
+        load_pretrain_config(None, ["data.in_memory=true", "data.stain_norm=vahadane"])
+    with pytest.raises(ConfigError, match="set data.in_memory=true"):
+        load_pretrain_config(None, ["data.stain_norm=reinhard"])
+    with pytest.raises(ConfigError, match="data.stain_target .* given with data.stain_norm=none"):
+        load_pretrain_config(None, ["data.in_memory=true", "data.stain_target=t.png"])

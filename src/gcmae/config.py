@@ -14,6 +14,9 @@ from typing import Any
 
 import yaml
 
+# gcmae.stain.CHOICES, kept here so that reading a config does not import torch (a test checks they agree)
+STAIN_CHOICES = ("none", "macenko", "reinhard")
+
 PATHOLOGY_MEAN = (0.6790, 0.5053, 0.6690)
 PATHOLOGY_STD = (0.1916, 0.2040, 0.1565)
 
@@ -76,6 +79,11 @@ class DataConfig:
     colour_jitter: float = 0.0
     colour_jitter_p: float = 0.8
     grayscale: float = 0.0
+    # Stain normalisation of every training image, once, before augmentation (needs in_memory): "none",
+    # "macenko" or "reinhard", fitted to stain_target ("" = the shipped default target, gcmae/stain/targets).
+    # Extract features from such an encoder with the same `--stain-norm` (and `--stain-target`).
+    stain_norm: str = "none"
+    stain_target: str = ""
 
 
 @dataclass
@@ -157,6 +165,12 @@ class PretrainConfig:
         if not (0 <= d.colour_jitter_p <= 1 and 0 <= d.grayscale <= 1):
             raise ConfigError(f"data.colour_jitter_p and data.grayscale are probabilities in [0, 1], got "
                               f"{d.colour_jitter_p} and {d.grayscale}")
+        if d.stain_norm not in STAIN_CHOICES:
+            raise ConfigError(f"data.stain_norm must be one of {', '.join(STAIN_CHOICES)}, got {d.stain_norm!r}")
+        if d.stain_norm != "none" and not d.in_memory:
+            raise ConfigError("data.stain_norm normalises the decoded images once: set data.in_memory=true")
+        if d.stain_target and d.stain_norm == "none":
+            raise ConfigError(f"data.stain_target {d.stain_target} given with data.stain_norm=none")
         if self.data.stain_jitter < 0:
             raise ConfigError(f"data.stain_jitter must be >= 0, got {self.data.stain_jitter}")
         if self.data.validate not in ("header", "full", "none"):

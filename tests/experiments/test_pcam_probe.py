@@ -13,6 +13,7 @@ from gcmae.encoders.loading import RANDOM, load_encoder
 from gcmae.evaluate.frozen_probe import colour_histogram_features, frozen_probe
 from gcmae.experiments import pcam_probe
 from gcmae.experiments.pcam_probe import centre_crop, encoder_features, probe, table
+from gcmae.stain.normalizer import StainNormalizer
 from tests.conftest import copy_subset
 
 
@@ -130,3 +131,23 @@ def test_a_centre_probe_sees_only_the_centre_resized_to_the_encoder(samples, tmp
     np.testing.assert_allclose(got["cls"], tokens[:, 0].numpy(), atol=1e-4)
     with pytest.raises(ValueError, match="--centre 100: the crop must be 1..96 px"):
         probe(["random:vit_tiny:16:0"], str(train), str(val), out, cache_dir=cache, centre=100)
+
+
+def test_a_stain_normalised_probe_is_its_own_result_and_sees_normalised_images(samples, tmp_path, one_thread):
+    train = copy_subset(samples / "pcam" / "train", tmp_path / "train", 6)
+    val = copy_subset(samples / "pcam" / "valid", tmp_path / "val", 4)
+    out, cache = tmp_path / "results", str(tmp_path / "cache")
+    norm = StainNormalizer.fit(None, "macenko")
+    plain = probe([pcam_probe.COLOUR], str(train), str(val), out, cache_dir=cache)
+    normed = probe([pcam_probe.COLOUR], str(train), str(val), out, cache_dir=cache, stain=norm)
+    assert len(plain) == len(normed) == 1 and plain[0] != normed[0]
+    record = json.loads(normed[0].read_text())
+    assert record["label"] == f"colour-histogram@{norm.id}" and record["stain"]["id"] == norm.id
+    assert record["stain_unchanged"] == [0, 0]
+    # the histogram features were those of the normalised images, fitted as the protocol says
+    tr = TensorImageDataset(train, 96, validate="none", progress=False)
+    va = TensorImageDataset(val, 96, validate="none", progress=False)
+    by_hand = frozen_probe(colour_histogram_features(norm.normalize(tr.images).images), tr.labels.numpy(),
+                           colour_histogram_features(norm.normalize(va.images).images), va.labels.numpy(), tr.classes)
+    assert record["logreg"] == by_hand["logreg"]
+    assert json.loads(plain[0].read_text())["stain"] is None

@@ -1,13 +1,16 @@
 """A run folder is bound to its data and model; a moved folder or a damaged last.ckpt still resumes correctly."""
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 
 import pytest
 import torch
 
-from gcmae.config import ConfigError
+from gcmae.config import ConfigError, load_pretrain_config
+from gcmae.data.in_memory import TensorImageDataset
+from gcmae.stain.normalizer import StainNormalizer
 from gcmae.train.pretrain import run_pretrain
 from tests.train.helpers import assert_states_close, checkpoint_state, tiny_config
 
@@ -74,3 +77,15 @@ def test_keep_every_n_epochs_keeps_those_checkpoints_beside_the_latest(small_pca
     assert second["epoch"] == 1 and 2 * second["global_step"] == last["global_step"] > 0
     assert_states_close(checkpoint_state(folder / "kept" / "epoch003.ckpt"), last["state_dict"])
     assert not all(torch.equal(second["state_dict"][k], v) for k, v in last["state_dict"].items())
+
+
+def test_a_stain_normalised_run_records_its_normaliser(small_pcam, tmp_path):
+    out = tmp_path / "run"
+    run_pretrain(tiny_config(small_pcam, out, "optim.epochs=1", "data.in_memory=true", "data.stain_norm=macenko",
+                             f"data.cache_dir={tmp_path / 'cache'}"))
+    stored = json.loads((out / "stain.json").read_text())
+    norm = StainNormalizer.fit(None, "macenko")
+    raw = TensorImageDataset(small_pcam, 32, validate="none", progress=False).images
+    assert stored["id"] == norm.id and stored["images_unchanged"] == norm.normalize(raw).num_failed < len(raw)
+    assert StainNormalizer.from_dict({k: v for k, v in stored.items() if k != "images_unchanged"}).id == stored["id"]
+    assert load_pretrain_config(out / "config.yaml").data.stain_norm == "macenko"

@@ -8,7 +8,9 @@ ENCODER is a checkpoint, an exported folder or a shipped encoder's name (anythin
 `--block N` probes the output of transformer block N (1-based) instead of the final norm's, through a LayerNorm
 without learnt scale and shift, so that every depth is on the same footing. `--centre N` probes the centre N x N
 pixels of every patch (PCam's label is about the centre 32 x 32), resized back to the encoder's input size; the
-colour histogram is then taken over the same centre.
+colour histogram is then taken over the same centre. `--stain-norm METHOD` (and `--stain-target`) stain-normalises
+every train and valid image once before anything else (cached), for encoders pretrained with `data.stain_norm`;
+its results are their own files and table group (`@macenko-<id>`), the colour histogram included.
 Each result is one JSON file in --out, written atomically and skipped when present, so a re-run resumes.
 `--table` prints the mean and standard deviation over files that share a `--label`.
 """
@@ -31,6 +33,7 @@ from gcmae.data.in_memory import TensorImageDataset, default_cache_dir
 from gcmae.encoders.loading import RANDOM, load_encoder
 from gcmae.evaluate.frozen_probe import colour_histogram_features, frozen_probe
 from gcmae.io.atomic import write_text_atomic
+from gcmae.stain.normalizer import CHOICES, StainNormalizer, make_normalizer
 
 log = logging.getLogger(__name__)
 COLOUR = "colour-histogram"
@@ -89,21 +92,22 @@ def _slug(text: str) -> str:
 
 def probe(specs: list[str], train_dir: str, val_dir: str, out: Path, label: str | None = None,
           cache_dir: str | None = None, size: int = 96, device: str = "cpu", block: int | None = None,
-          centre: int | None = None) -> list[Path]:
+          centre: int | None = None, stain: StainNormalizer | None = None) -> list[Path]:
     """Probe every encoder of `specs`; one JSON per (encoder, pool) in `out`. Returns the files written or found."""
     if block is not None and (block < 1 or COLOUR in specs):
         raise ValueError(f"--block {block}: a block is numbered from 1 and applies to encoders, not to {COLOUR}")
     if centre is not None and not 0 < centre <= size:
         raise ValueError(f"--centre {centre}: the crop must be 1..{size} px of the {size}-px patches")
     cache = cache_dir or default_cache_dir()
-    train = TensorImageDataset(train_dir, size, cache, validate="none")
-    val = TensorImageDataset(val_dir, size, cache, validate="none")
+    train = TensorImageDataset(train_dir, size, cache, validate="none", stain=stain)
+    val = TensorImageDataset(val_dir, size, cache, validate="none", stain=stain)
     if train.classes != val.classes:
         raise ValueError(f"{train_dir} has classes {train.classes} but {val_dir} has {val.classes}")
     out.mkdir(parents=True, exist_ok=True)
     written = []
     # a centre or block probe is its own result file and table group
-    suffix = ("" if centre is None else f"@centre{centre}") + ("" if block is None else f"@block{block}")
+    suffix = ("" if centre is None else f"@centre{centre}") + ("" if block is None else f"@block{block}") + (
+        "" if stain is None else f"@{stain.id}")
     train_images = train.images if centre is None else centre_crop(train.images, centre)
     val_images = val.images if centre is None else centre_crop(val.images, centre)
     for spec in specs:
@@ -122,6 +126,8 @@ def probe(specs: list[str], train_dir: str, val_dir: str, out: Path, label: str 
         for pool, (tr_x, va_x) in feats.items():
             result = frozen_probe(tr_x, train.labels.numpy(), va_x, val.labels.numpy(), train.classes)
             record = {"encoder": spec, "block": block, "centre": centre, "label": (label or spec) + suffix,
+                      "stain": None if stain is None else stain.to_dict(),
+                      "stain_unchanged": None if stain is None else [train.stain_unchanged, val.stain_unchanged],
                       "pool": pool, "train": str(train_dir), "val": str(val_dir), "num_train": len(train),
                       "num_val": len(val), **result}
             write_text_atomic(paths[pool], json.dumps(record, indent=1) + "\n")
@@ -165,12 +171,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device", default="cpu", help="device for the encoder (e.g. cuda)")
     p.add_argument("--block", type=int, help="probe the output of this block (1-based) instead of the final norm's")
     p.add_argument("--centre", type=int, help="probe the centre N x N pixels of each patch, resized to the input")
+    p.add_argument("--stain-norm", choices=CHOICES, default="none",
+                   help="stain-normalise every train and valid image first (default none)")
+    p.add_argument("--stain-target", help="target image of --stain-norm (default: the shipped target)")
     p.add_argument("--table", action="store_true", help="print the table of --out and exit")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if not args.table:
         probe(args.encoders, args.train, args.val, args.out, args.label, args.cache_dir, device=args.device,
-              block=args.block, centre=args.centre)
+              block=args.block, centre=args.centre, stain=make_normalizer(args.stain_norm, args.stain_target))
     print(table(args.out))
 
 

@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 from gcmae.config import ConfigError, PretrainConfig, dump_yaml, to_dict
 from gcmae.data.datasets import ImageFolderDataset
 from gcmae.data.in_memory import TensorImageDataset, default_cache_dir
+from gcmae.stain.normalizer import make_normalizer
 from gcmae.data.sampler import SeededEpochSampler
 from gcmae.data.transforms import eval_transform, pretrain_transform
 from gcmae.io.atomic import write_text_atomic
@@ -165,7 +166,8 @@ def run_pretrain(cfg: PretrainConfig, resume: bool = True, extra_callbacks: Sequ
     d = cfg.data
     if d.in_memory:
         dataset = TensorImageDataset(d.train_dir, cfg.model.img_size, d.cache_dir or default_cache_dir(), d.validate,
-                                     progress=cfg.trainer.progress_bar)
+                                     progress=cfg.trainer.progress_bar,
+                                     stain=make_normalizer(d.stain_norm, d.stain_target or None))
     else:
         dataset = ImageFolderDataset(d.train_dir, pretrain_transform(cfg.model.img_size, d.crop_scale, d.hflip,
                                                                      d.mean, d.std), d.validate)
@@ -178,6 +180,9 @@ def run_pretrain(cfg: PretrainConfig, resume: bool = True, extra_callbacks: Sequ
         write_text_atomic(out_dir / "rejected_images.txt",
                           "".join(f"{path}\t{reason}\n" for path, reason in dataset.rejected))
     dataset.write_report(out_dir / "data_report.json")  # {"images", "rejected", "warnings"} counts
+    if getattr(dataset, "stain", None) is not None:  # the exact normaliser, so extraction can use the same
+        write_text_atomic(out_dir / "stain.json", json.dumps(
+            {**dataset.stain.to_dict(), "images_unchanged": dataset.stain_unchanged}, indent=1) + "\n")
     log.info("training on %d images from %s (%d rejected)", len(dataset), d.train_dir, len(dataset.rejected))
 
     module = PretrainModule(to_dict(cfg), num_data=len(dataset))
