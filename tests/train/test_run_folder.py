@@ -6,10 +6,13 @@ import logging
 import shutil
 
 import pytest
+import timm
 import torch
 
 from gcmae.config import ConfigError, load_pretrain_config
 from gcmae.data.in_memory import TensorImageDataset
+from gcmae.encoders.loading import load_encoder
+from gcmae.io.export import export_encoder
 from gcmae.stain.normalizer import StainNormalizer
 from gcmae.train.pretrain import run_pretrain
 from tests.train.helpers import assert_states_close, checkpoint_state, tiny_config
@@ -79,7 +82,7 @@ def test_keep_every_n_epochs_keeps_those_checkpoints_beside_the_latest(small_pca
     assert not all(torch.equal(second["state_dict"][k], v) for k, v in last["state_dict"].items())
 
 
-def test_a_stain_normalised_run_records_its_normaliser(small_pcam, tmp_path):
+def test_a_stain_normalised_run_records_its_normaliser(small_pcam, tmp_path, caplog):
     out = tmp_path / "run"
     run_pretrain(tiny_config(small_pcam, out, "optim.epochs=1", "data.in_memory=true", "data.stain_norm=macenko",
                              f"data.cache_dir={tmp_path / 'cache'}"))
@@ -89,3 +92,18 @@ def test_a_stain_normalised_run_records_its_normaliser(small_pcam, tmp_path):
     assert stored["id"] == norm.id and stored["images_unchanged"] == norm.normalize(raw).num_failed < len(raw)
     assert StainNormalizer.from_dict({k: v for k, v in stored.items() if k != "images_unchanged"}).id == stored["id"]
     assert load_pretrain_config(out / "config.yaml").data.stain_norm == "macenko"
+    # its encoder, as a checkpoint and exported, knows it and warns when given raw images
+    exported = export_encoder(out / "checkpoints" / "last.ckpt", tmp_path / "export")
+    assert json.loads((exported / "config.json").read_text())["gcmae"] == {"stain_norm": "macenko", "stain_target": ""}
+    assert "macenko-stain-normalised" in (exported / "README.md").read_text()
+    timm.create_model(f"local-dir:{exported}", pretrained=True)  # the extra key does not bother timm
+    for source in (out / "checkpoints" / "last.ckpt", exported):
+        encoder = load_encoder(source)
+        assert encoder.pretrain_stain == ("macenko", "")
+        with caplog.at_level(logging.WARNING, logger="gcmae.encoders.loading"):
+            caplog.clear()
+            encoder.use_stain(norm)
+            assert not caplog.records and encoder.stain is norm
+            encoder.use_stain(None)
+            assert "pass --stain-norm macenko" in caplog.text and encoder.stain is None
+    assert load_encoder("random", "vit_tiny", 32, 8).pretrain_stain == ("none", "")

@@ -47,6 +47,18 @@ class Encoder:
     description: str
     has_decoder: bool = True
     stain: StainNormalizer | None = None  # applied to every batch before the model
+    # the stain normalisation its pretraining applied to every image (data.stain_norm, data.stain_target)
+    pretrain_stain: tuple[str, str] = ("none", "")
+
+    def use_stain(self, stain: StainNormalizer | None) -> None:
+        """Normalise every batch with `stain` (None: none); warn when that is not how it was pretrained."""
+        self.stain = stain
+        method, target = self.pretrain_stain
+        if method != "none" and (stain is None or stain.method != method):
+            hint = f"--stain-norm {method}" + (f" --stain-target {target}" if target else "")
+            log.warning("%s was pretrained on %s-normalised images but is given %s: pass %s so that it sees "
+                        "images like those it learnt from", self.description, method,
+                        "raw images" if stain is None else f"{stain.method}-normalised ones", hint)
 
     @property
     def transform_params(self) -> dict[str, Any]:
@@ -152,7 +164,9 @@ def load_encoder(
     size = img_size or weights.img_size
     identity = {"sha256": sha256 or file_digest(path), "patch_size": weights.patch_size}
     desc = f"{weights.kind} checkpoint {path} ({found}) at {size} px"
-    return Encoder(model, mean, std, size, identity, desc, has_decoder=weights.decoder_state is not None)
+    pretrain_stain = (str(data.get("stain_norm") or "none"), str(data.get("stain_target") or ""))
+    return Encoder(model, mean, std, size, identity, desc, has_decoder=weights.decoder_state is not None,
+                   pretrain_stain=pretrain_stain)
 
 
 def load_autoencoder(

@@ -28,7 +28,7 @@ def encoder_from_options(opts: BaseOptions) -> Encoder:
 
     stain = make_normalizer(getattr(opts, "stain_norm", None), getattr(opts, "stain_target", None) or None)
     encoder = load_encoder(opts.checkpoint, opts.encoder, img_size_of(opts), opts.patch_size, opts.seed)
-    encoder.stain = stain
+    encoder.use_stain(stain)
     return encoder
 
 

@@ -135,7 +135,7 @@ def evaluate_model(spec: ModelSpec, cfg: EvalConfig, out_dir: Path) -> list[dict
             return saved["rows"]
     encoder = load_encoder(spec.checkpoint, spec.encoder, spec.img_size, spec.patch_size, spec.seed,
                            sha256=identity["weights"].get("sha256"))
-    encoder.stain = stain
+    encoder.use_stain(stain)
     cache_dir = out_dir / "feature-cache" if cfg.cache_dir is None else cfg.cache_dir or None
     results = evaluate_encoder(encoder, cfg.eval_sets, cfg.protocol_settings(spec.seed), cache_dir,
                                cfg.batch_size, cfg.num_workers, resolve_device(cfg.device))

@@ -219,8 +219,10 @@ def load_weights(path: str | Path) -> ImportedWeights:
             mean, std = (PATHOLOGY_MEAN, PATHOLOGY_STD) if kind == "gcmae_official" else (IMAGENET_MEAN, IMAGENET_STD)
             config.setdefault("data", {}).update(mean=list(mean), std=list(std))
         if path.is_dir() and (path / "config.json").is_file():  # a `gcmae export` folder
-            pretrained = json.loads((path / "config.json").read_text()).get("pretrained_cfg", {})
+            exported = json.loads((path / "config.json").read_text())
+            pretrained = exported.get("pretrained_cfg", {})
             config["data"] = {k: pretrained[k] for k in ("mean", "std") if k in pretrained}
+            config["data"].update(exported.get("gcmae", {}))  # stain_norm / stain_target of its pretraining
     enc, dec, memory, z = _split(state, ours)
     arch = _infer_encoder(enc, path, config.get("model", {}).get("encoder") if kind == "gcmae" else None)
     bank_z = None

@@ -70,6 +70,9 @@ def export_encoder(checkpoint: str | Path, out_dir: str | Path, license: str | N
             "tag": "gcmae",
         },
     }
+    stain = pretrain_stain(weights)
+    if stain is not None:  # not timm's: timm ignores other top-level keys; gcmae's loader reads it back
+        config["gcmae"] = {"stain_norm": stain[0], "stain_target": stain[1]}
     out_dir.mkdir(parents=True, exist_ok=True)
     state = {k: (v.half() if fp16 and v.is_floating_point() else v).contiguous()
              for k, v in encoder.state_dict().items()}
@@ -101,6 +104,13 @@ def _normalisation(weights: ImportedWeights) -> tuple[list[float], list[float], 
     if "mean" in data and "std" in data:
         return [float(v) for v in data["mean"]], [float(v) for v in data["std"]], False
     return list(IMAGENET_MEAN), list(IMAGENET_STD), True
+
+
+def pretrain_stain(weights: ImportedWeights) -> tuple[str, str] | None:
+    """(method, target) of the stain normalisation the weights were pretrained on (data.stain_norm), or None."""
+    data = weights.config.get("data", {})
+    method = str(data.get("stain_norm") or "none")
+    return None if method == "none" else (method, str(data.get("stain_target") or ""))
 
 
 def find_metrics(source: Path) -> Path | None:
@@ -159,6 +169,13 @@ def model_card(weights: ImportedWeights, mean: list[float], std: list[float], li
     images = w.num_data if w.num_data else _NOT_RECORDED
     norm_note = (" These are ImageNet's constants, **assumed**: the source file does not record its own."
                  if assumed_normalisation else "")
+    stain = pretrain_stain(w)
+    if stain is not None:
+        flags = f"--stain-norm {stain[0]}" + (f" --stain-target {stain[1]}" if stain[1] else "")
+        target = stain[1] or "gcmae's shipped default target"
+        norm_note += (f"\n\nEvery training image was first **{stain[0]}-stain-normalised** (to "
+                      f"{target}): give it images normalised the same way "
+                      f"(`gcmae extract ... {flags}`); gcmae warns when it is given raw images.")
     return f"""---
 {front}---
 

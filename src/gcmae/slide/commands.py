@@ -54,10 +54,10 @@ def _encoder(opts: EncoderOptions, data: str, job: bool = False) -> tuple[Any, d
             side, source = _data_side(data, job)
             size = random_input_size(side, opts.patch_size, source)
         enc = load_encoder(RANDOM, opts.encoder, size, opts.patch_size, opts.seed)
-        enc.stain = stain
+        enc.use_stain(stain)
         return enc, encoder_record(enc, RANDOM, opts.pool)
     enc = load_encoder(opts.checkpoint, opts.encoder, opts.img_size, opts.patch_size)
-    enc.stain = stain
+    enc.use_stain(stain)
     return enc, encoder_record(enc, opts.checkpoint, opts.pool, img_size_given=opts.img_size is not None)
 
 
