@@ -9,6 +9,7 @@ import pytest
 from gcmae.data.in_memory import TensorImageDataset
 from gcmae.evaluate.frozen_probe import colour_histogram_features, frozen_probe
 from gcmae.experiments.probe_diagnostics import diagnose, in_and_out_of_distribution
+from gcmae.stain.normalizer import StainNormalizer
 from tests.conftest import copy_subset
 
 
@@ -46,3 +47,20 @@ def test_diagnose_matches_the_study_probe_and_resumes(samples, tmp_path, monkeyp
     assert [f.read_text() for f in again] == texts
     with pytest.raises(ValueError, match="use another --out"):  # the same --out, other folders: never stale results
         diagnose(["colour-histogram"], str(val), str(train), out, cache_dir=str(tmp_path / "cache"))
+
+
+def test_stain_normalised_diagnostics_score_normalised_images_and_keep_their_own_folder(samples, tmp_path):
+    train = copy_subset(samples / "pcam" / "train", tmp_path / "train", 10)
+    val = copy_subset(samples / "pcam" / "valid", tmp_path / "val", 6)
+    norm, cache = StainNormalizer.fit(None, "macenko"), str(tmp_path / "cache")
+    [plain] = diagnose(["colour-histogram"], str(train), str(val), tmp_path / "plain", cache_dir=cache)
+    with pytest.raises(ValueError, match="with stain normalisation None, .* with macenko-"):
+        diagnose(["colour-histogram"], str(train), str(val), tmp_path / "plain", cache, stain=norm)
+    [normed] = diagnose(["colour-histogram"], str(train), str(val), tmp_path / "normed", cache, stain=norm)
+    record = json.loads(normed.read_text())
+    assert record["stain"] == norm.id and json.loads(plain.read_text())["stain"] is None
+    tr = TensorImageDataset(str(train), 96, validate="none", progress=False)
+    va = TensorImageDataset(str(val), 96, validate="none", progress=False)
+    by_hand = in_and_out_of_distribution(colour_histogram_features(norm.normalize(tr.images).images), tr.labels.numpy(),
+                                         colour_histogram_features(norm.normalize(va.images).images), va.labels.numpy())
+    assert record["hist"] == by_hand

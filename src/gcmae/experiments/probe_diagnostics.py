@@ -9,6 +9,8 @@ gap between the last two means the features do not transfer across slides; no ga
 features are simply not linearly separable. For encoders it also fits the probe on the features concatenated with
 the colour histogram: an encoder that learnt something the histogram lacks scores above the histogram alone.
 Balanced accuracy throughout; one JSON per encoder in --out, written atomically and skipped when present.
+`--stain-norm METHOD` (and `--stain-target`) stain-normalises every image first, the histogram's included; a result
+file records the normaliser's id and is refused for another one.
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ from gcmae.data.in_memory import TensorImageDataset, default_cache_dir
 from gcmae.evaluate.frozen_probe import colour_histogram_features
 from gcmae.experiments.pcam_probe import COLOUR, _slug, encoder_features
 from gcmae.io.atomic import write_text_atomic
+from gcmae.stain.normalizer import CHOICES, StainNormalizer, make_normalizer
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +51,12 @@ def in_and_out_of_distribution(train_x: np.ndarray, train_y: np.ndarray, val_x: 
 
 
 def diagnose(specs: list[str], train_dir: str, val_dir: str, out: Path, cache_dir: str | None = None,
-             size: int = 96) -> list[Path]:
+             size: int = 96, stain: StainNormalizer | None = None) -> list[Path]:
     """Write one JSON per encoder of `specs` to `out`; returns the files written or found."""
     cache = cache_dir or default_cache_dir()
-    train = TensorImageDataset(train_dir, size, cache, validate="none")
-    val = TensorImageDataset(val_dir, size, cache, validate="none")
+    train = TensorImageDataset(train_dir, size, cache, validate="none", stain=stain)
+    val = TensorImageDataset(val_dir, size, cache, validate="none", stain=stain)
+    stain_id = None if stain is None else stain.id
     if train.classes != val.classes:
         raise ValueError(f"{train_dir} has classes {train.classes} but {val_dir} has {val.classes}")
     ytr, yva = train.labels.numpy(), val.labels.numpy()
@@ -63,9 +67,10 @@ def diagnose(specs: list[str], train_dir: str, val_dir: str, out: Path, cache_di
         path = out / f"{_slug(spec)}.json"
         if path.exists():
             found = json.loads(path.read_text())
-            if (found.get("train"), found.get("val")) != (str(train_dir), str(val_dir)):
-                raise ValueError(f"{path} holds results for train {found.get('train')} / val {found.get('val')}, "
-                                 f"not {train_dir} / {val_dir}: use another --out")
+            if (found.get("train"), found.get("val"), found.get("stain")) != (str(train_dir), str(val_dir), stain_id):
+                raise ValueError(f"{path} holds results for train {found.get('train')} / val {found.get('val')} "
+                                 f"with stain normalisation {found.get('stain')}, not {train_dir} / {val_dir} with "
+                                 f"{stain_id}: use another --out")
         else:
             if spec == COLOUR:
                 feats = {"hist": hist}
@@ -73,7 +78,7 @@ def diagnose(specs: list[str], train_dir: str, val_dir: str, out: Path, cache_di
                 tr = encoder_features(spec, train.images, random_img_size=size)
                 va = encoder_features(spec, val.images, random_img_size=size)
                 feats = {p: (tr[p], va[p]) for p in ("cls", "mean")}
-            record: dict = {"encoder": spec, "train": str(train_dir), "val": str(val_dir)}
+            record: dict = {"encoder": spec, "train": str(train_dir), "val": str(val_dir), "stain": stain_id}
             for pool, (xtr, xva) in feats.items():
                 record[pool] = in_and_out_of_distribution(xtr, ytr, xva, yva)
                 if spec != COLOUR:
@@ -92,9 +97,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--val", default="../shared/data/pcam/valid")
     p.add_argument("--out", type=Path, default=Path("runs/diagnostics"))
     p.add_argument("--cache-dir", help="decoded-image cache (default ~/.cache/gcmae)")
+    p.add_argument("--stain-norm", choices=CHOICES, default="none", help="stain-normalise every image first")
+    p.add_argument("--stain-target", help="target image of --stain-norm (default: the shipped target)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    for path in diagnose(args.encoders, args.train, args.val, args.out, args.cache_dir):
+    stain = make_normalizer(args.stain_norm, args.stain_target)
+    for path in diagnose(args.encoders, args.train, args.val, args.out, args.cache_dir, stain=stain):
         print(path.read_text().strip())
 
 
