@@ -153,3 +153,5 @@ def test_stain_norm_choices_match_the_stain_package_and_are_checked():
         load_pretrain_config(None, ["data.stain_norm=reinhard"])
     with pytest.raises(ConfigError, match="data.stain_target .* given with data.stain_norm=none"):
         load_pretrain_config(None, ["data.in_memory=true", "data.stain_target=t.png"])
+    with pytest.raises(ConfigError, match="the kNN monitor reads raw images"):
+        load_pretrain_config(None, ["data.in_memory=true", "data.stain_norm=macenko", "monitor.val_dir=v"])

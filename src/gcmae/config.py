@@ -171,6 +171,10 @@ class PretrainConfig:
             raise ConfigError("data.stain_norm normalises the decoded images once: set data.in_memory=true")
         if d.stain_target and d.stain_norm == "none":
             raise ConfigError(f"data.stain_target {d.stain_target} given with data.stain_norm=none")
+        if d.stain_norm != "none" and (self.monitor.train_dir or self.monitor.val_dir):
+            raise ConfigError("the kNN monitor reads raw images, not the stain-normalised ones data.stain_norm trains "
+                              "on: leave monitor.train_dir / monitor.val_dir empty and probe the checkpoints with "
+                              "--stain-norm afterwards")
         if self.data.stain_jitter < 0:
             raise ConfigError(f"data.stain_jitter must be >= 0, got {self.data.stain_jitter}")
         if self.data.validate not in ("header", "full", "none"):

@@ -59,6 +59,12 @@ def test_the_normalised_images_are_cached_per_normaliser_and_read_back(folder_wi
     np.save(stored, marked)
     again = TensorImageDataset(folder_with_background, 96, cache, validate="none", progress=False, stain=macenko)
     assert (again.images[0] == 7).all() and again.stain_unchanged == 1
+    # made by another torchstain: computed again, not served
+    sidecar["stain"]["library"] = "torchstain 0.0"
+    stored.with_suffix(".json").write_text(json.dumps(sidecar))
+    fresh = TensorImageDataset(folder_with_background, 96, cache, validate="none", progress=False, stain=macenko)
+    assert torch.equal(fresh.images, first.images) and fresh.stain_unchanged == 1
+    assert json.loads(stored.with_suffix(".json").read_text())["stain"]["library"] != "torchstain 0.0"
     reinhard = StainNormalizer.fit(None, "reinhard")
     other = TensorImageDataset(folder_with_background, 96, cache, validate="none", progress=False, stain=reinhard)
     assert len(list(cache.glob(f"images-*-{reinhard.id}.npy"))) == 1

@@ -107,3 +107,15 @@ def test_a_stain_normalised_run_records_its_normaliser(small_pcam, tmp_path, cap
             encoder.use_stain(None)
             assert "pass --stain-norm macenko" in caplog.text and encoder.stain is None
     assert load_encoder("random", "vit_tiny", 32, 8).pretrain_stain == ("none", "")
+    other_target = next((small_pcam / "1_metastatic").glob("*.jpg"))  # a real tile: same method, other target
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="gcmae.encoders.loading"):
+        load_encoder(exported).use_stain(StainNormalizer.fit(other_target, "macenko"))
+    assert f"target {other_target.name}" in caplog.text
+    # the images a run trains on are part of what its folder is bound to
+    with pytest.raises(ConfigError, match="data.stain_norm was 'macenko', now 'none'"):
+        run_pretrain(tiny_config(small_pcam, out, "optim.epochs=2", "data.in_memory=true",
+                                 f"data.cache_dir={tmp_path / 'cache'}"))
+    run_pretrain(tiny_config(small_pcam, out, "optim.epochs=2", "data.in_memory=true", "trainer.force_resume=true",
+                             f"data.cache_dir={tmp_path / 'cache'}"))
+    assert not (out / "stain.json").exists()  # no stale record of a normalisation it no longer has

@@ -104,9 +104,13 @@ def stain_normalize_images(images: torch.Tensor, normalizer: StainNormalizer, ca
     cached = _load_cached(cache, tuple(images.shape), f"images normalised by {normalizer.id}")
     if cached is not None:
         try:
-            return cached, int(json.loads(cache.with_suffix(".json").read_text())["unchanged"])
-        except (OSError, ValueError, KeyError):
-            log.warning("ignoring %s: its sidecar has no pass-through count", cache)
+            sidecar = json.loads(cache.with_suffix(".json").read_text())
+            made_by = {k: sidecar["stain"].get(k) for k in ("id", "library")}
+            if made_by == {k: normalizer.to_dict()[k] for k in ("id", "library")}:
+                return cached, int(sidecar["unchanged"])
+            log.warning("ignoring %s: made by %s, not %s", cache, made_by["library"], normalizer.to_dict()["library"])
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            log.warning("ignoring %s: its sidecar does not say which normaliser made it or how many passed", cache)
     out = torch.empty_like(images)
     unchanged = 0
     for start in tqdm(range(0, images.shape[0], chunk), desc=f"stain-normalising ({normalizer.id})",
@@ -154,7 +158,10 @@ class TensorImageDataset(Dataset):
         return self.images[index], int(self.labels[index]), index
 
     def load(self, index: int) -> Image.Image:
-        return self.folder.load(index)
+        """The image as training sees it before augmentation: the file, or its stain-normalised version."""
+        if self.stain is None:
+            return self.folder.load(index)
+        return Image.fromarray(self.images[index].permute(1, 2, 0).numpy())
 
     def report(self) -> dict[str, int]:
         return self.folder.report()

@@ -24,7 +24,7 @@ from gcmae.models.gcmae import GCMAE
 from gcmae.models.vit import ENCODER_PRESETS
 from gcmae.pretrained import available as available_pretrained
 from gcmae.pretrained import resolve as resolve_pretrained
-from gcmae.stain import EncoderInputStain, StainNormalizer
+from gcmae.stain import DEFAULT_TARGET, EncoderInputStain, StainNormalizer
 
 log = logging.getLogger(__name__)
 
@@ -50,15 +50,26 @@ class Encoder:
     # the stain normalisation its pretraining applied to every image (data.stain_norm, data.stain_target)
     pretrain_stain: tuple[str, str] = ("none", "")
 
-    def use_stain(self, stain: StainNormalizer | None) -> None:
+    def stain_mismatch(self, stain: StainNormalizer | None) -> str | None:
+        """Why `stain` is not the normalisation this encoder was pretrained on (None when it is, or none was).
+        The target is compared by file name: the recorded target is a path on the training machine."""
+        method, target = self.pretrain_stain
+        if method == "none":
+            return None
+        expected = Path(target).name if target else DEFAULT_TARGET.name
+        if stain is not None and stain.method == method and stain.target_name == expected:
+            return None
+        given = "raw images" if stain is None else f"{stain.method}-normalised ones (target {stain.target_name})"
+        flags = f"--stain-norm {method}" + (f" --stain-target {target}" if target else "")
+        return (f"{self.description} was pretrained on {method}-normalised images (target {expected}) but is "
+                f"given {given}; for features like those it learnt from, pass {flags}")
+
+    def use_stain(self, stain: StainNormalizer | None, warn: bool = True) -> None:
         """Normalise every batch with `stain` (None: none); warn when that is not how it was pretrained."""
         self.stain = stain
-        method, target = self.pretrain_stain
-        if method != "none" and (stain is None or stain.method != method):
-            hint = f"--stain-norm {method}" + (f" --stain-target {target}" if target else "")
-            log.warning("%s was pretrained on %s-normalised images but is given %s: pass %s so that it sees "
-                        "images like those it learnt from", self.description, method,
-                        "raw images" if stain is None else f"{stain.method}-normalised ones", hint)
+        problem = self.stain_mismatch(stain) if warn else None
+        if problem:
+            log.warning(problem)
 
     @property
     def transform_params(self) -> dict[str, Any]:

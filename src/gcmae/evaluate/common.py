@@ -1,6 +1,7 @@
 """What the evaluation commands share: the encoder of the options, labelled train/val features, their summary."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,8 @@ from gcmae.device import resolve_device
 from gcmae.encoders.cache import FeatureSet, folder_features
 from gcmae.encoders.loading import RANDOM, Encoder, load_encoder, random_input_size
 from gcmae.evaluate.options import BaseOptions, KNNOptions, LinprobeOptions
+
+log = logging.getLogger(__name__)
 
 
 def img_size_of(opts: BaseOptions) -> int | None:
@@ -28,7 +31,12 @@ def encoder_from_options(opts: BaseOptions) -> Encoder:
 
     stain = make_normalizer(getattr(opts, "stain_norm", None), getattr(opts, "stain_target", None) or None)
     encoder = load_encoder(opts.checkpoint, opts.encoder, img_size_of(opts), opts.patch_size, opts.seed)
-    encoder.use_stain(stain)
+    takes_stain = hasattr(opts, "stain_norm") and getattr(opts, "protocol", "fast") != "paper"
+    encoder.use_stain(stain, warn=takes_stain)
+    method = encoder.pretrain_stain[0]
+    if not takes_stain and method != "none":  # fine-tuning, visualize, the paper probe: no --stain-norm to give
+        log.warning("%s was pretrained on %s-normalised images; this command gives it raw images, which it did not "
+                    "learn from", encoder.description, method)
     return encoder
 
 

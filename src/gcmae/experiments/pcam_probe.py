@@ -10,7 +10,7 @@ without learnt scale and shift, so that every depth is on the same footing. `--c
 pixels of every patch (PCam's label is about the centre 32 x 32), resized back to the encoder's input size; the
 colour histogram is then taken over the same centre. `--stain-norm METHOD` (and `--stain-target`) stain-normalises
 every train and valid image once before anything else (cached), for encoders pretrained with `data.stain_norm`;
-its results are their own files and table group (`@macenko-<id>`), the colour histogram included.
+its results are their own files and table group (`@<normaliser id>`, e.g. `@macenko-1e35095a`), the colour histogram included.
 Each result is one JSON file in --out, written atomically and skipped when present, so a re-run resumes.
 `--table` prints the mean and standard deviation over files that share a `--label`.
 """
@@ -41,16 +41,21 @@ COLOUR = "colour-histogram"
 
 @torch.no_grad()
 def encoder_features(spec: str, images: torch.Tensor, batch_size: int = 256, device: str | torch.device = "cpu",
-                     block: int | None = None, random_img_size: int | None = None) -> dict[str, np.ndarray]:
+                     block: int | None = None, random_img_size: int | None = None,
+                     stain: StainNormalizer | None = None) -> dict[str, np.ndarray]:
     """{"cls": (N, D), "mean": (N, D)} of the encoder named by `spec` on uint8 images (N, 3, S, S), resized to its
     input size: after the final norm, or after block `block` (1-based) and a LayerNorm without affine parameters.
-    An untrained `random:` encoder is built for `random_img_size` (default S)."""
+    An untrained `random:` encoder is built for `random_img_size` (default S). `stain` is the normalisation the
+    images already had (none here): a warning says when the encoder was pretrained on other images."""
     if spec.startswith("random:"):
         _, name, patch, seed = spec.split(":")
         enc = load_encoder(RANDOM, encoder=name, img_size=random_img_size or images.shape[-1], patch_size=int(patch),
                            seed=int(seed))
     else:
         enc = load_encoder(spec)
+        problem = enc.stain_mismatch(stain)
+        if problem:
+            log.warning("%s (--stain-norm here)", problem)
     vit = enc.model.eval().to(device)
     if block is not None and not 1 <= block <= len(vit.blocks):
         raise ValueError(f"{spec}: block {block} requested, but the encoder has blocks 1..{len(vit.blocks)}")
@@ -120,8 +125,8 @@ def probe(specs: list[str], train_dir: str, val_dir: str, out: Path, label: str 
         if spec == COLOUR:
             feats = {"hist": (colour_histogram_features(train_images), colour_histogram_features(val_images))}
         else:
-            tr = encoder_features(spec, train_images, device=device, block=block, random_img_size=size)
-            va = encoder_features(spec, val_images, device=device, block=block, random_img_size=size)
+            tr = encoder_features(spec, train_images, device=device, block=block, random_img_size=size, stain=stain)
+            va = encoder_features(spec, val_images, device=device, block=block, random_img_size=size, stain=stain)
             feats = {p: (tr[p], va[p]) for p in pools}
         for pool, (tr_x, va_x) in feats.items():
             result = frozen_probe(tr_x, train.labels.numpy(), va_x, val.labels.numpy(), train.classes)

@@ -75,8 +75,8 @@ def diagnose(specs: list[str], train_dir: str, val_dir: str, out: Path, cache_di
             if spec == COLOUR:
                 feats = {"hist": hist}
             else:
-                tr = encoder_features(spec, train.images, random_img_size=size)
-                va = encoder_features(spec, val.images, random_img_size=size)
+                tr = encoder_features(spec, train.images, random_img_size=size, stain=stain)
+                va = encoder_features(spec, val.images, random_img_size=size, stain=stain)
                 feats = {p: (tr[p], va[p]) for p in ("cls", "mean")}
             record: dict = {"encoder": spec, "train": str(train_dir), "val": str(val_dir), "stain": stain_id}
             for pool, (xtr, xva) in feats.items():

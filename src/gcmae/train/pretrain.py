@@ -114,7 +114,11 @@ def check_run_folder(out_dir: Path, cfg: PretrainConfig, num_images: int) -> Non
         binding.append("data.train_dir")
     if old and old.get("trainer", {}).get("seed", new["trainer"]["seed"]) != new["trainer"]["seed"]:
         binding.append("trainer.seed")
-    changed = [c for c in changed if c not in binding and c != "data.train_dir"]
+    for key, default in (("stain_norm", "none"), ("stain_target", "")):  # the images themselves would change
+        if old and old.get("data", {}).get(key, default) != new["data"][key]:
+            binding.append(f"data.{key}")
+    changed = [c for c in changed if c not in binding and c != "data.train_dir"
+               and not (c in ("data.stain_norm", "data.stain_target") and old.get("data", {}).get(c[5:]) is None)]
     if report.exists():
         before = json.loads(report.read_text()).get("images")
         if before is not None and before != num_images:
@@ -183,6 +187,8 @@ def run_pretrain(cfg: PretrainConfig, resume: bool = True, extra_callbacks: Sequ
     if getattr(dataset, "stain", None) is not None:  # the exact normaliser, so extraction can use the same
         write_text_atomic(out_dir / "stain.json", json.dumps(
             {**dataset.stain.to_dict(), "images_unchanged": dataset.stain_unchanged}, indent=1) + "\n")
+    else:  # a forced resume without normalisation must not leave the old record behind
+        (out_dir / "stain.json").unlink(missing_ok=True)
     log.info("training on %d images from %s (%d rejected)", len(dataset), d.train_dir, len(dataset.rejected))
 
     module = PretrainModule(to_dict(cfg), num_data=len(dataset))
