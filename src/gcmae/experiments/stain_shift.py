@@ -81,8 +81,11 @@ def shift_size(before: torch.Tensor, after: torch.Tensor, n: int = 64) -> dict[s
             "e_angle_deg": statistics.median(e) if e else float("nan"), "lab_mean_delta_e": statistics.median(de)}
 
 
-def _features(spec: str, images: torch.Tensor) -> dict[str, np.ndarray]:
-    return {"hist": colour_histogram_features(images)} if spec == COLOUR else encoder_features(spec, images)
+def _features(spec: str, images: torch.Tensor, stain: StainNormalizer | None = None) -> dict[str, np.ndarray]:
+    """`stain`: how `images` were normalised, so an encoder pretrained on normalised images warns only on raw ones."""
+    if spec == COLOUR:
+        return {"hist": colour_histogram_features(images)}
+    return encoder_features(spec, images, stain=stain)
 
 
 def run(spec: str, train: TensorImageDataset, val: TensorImageDataset, seeds: list[int], train_n: int,
@@ -94,7 +97,7 @@ def run(spec: str, train: TensorImageDataset, val: TensorImageDataset, seeds: li
     tr_norm, tr_failed = normalise(tr_imgs, normalizer)
     va_norm, va_failed = normalise(val.images, normalizer)
     feats = {"none": (_features(spec, tr_imgs), _features(spec, val.images)),
-             "macenko": (_features(spec, tr_norm), _features(spec, va_norm))}
+             "macenko": (_features(spec, tr_norm, normalizer), _features(spec, va_norm, normalizer))}
     pools = list(feats["none"][0])
     probes = {(n, p): logistic_probe(feats[n][0][p], tr_y, feats[n][1][p], va_y, train.classes)
               for n in feats for p in pools}
@@ -107,7 +110,7 @@ def run(spec: str, train: TensorImageDataset, val: TensorImageDataset, seeds: li
         other_norm, other_failed = normalise(other, normalizer)
         lab: dict[str, Any] = {"seed": seed, "shift": shift_size(val.images, other), "passed_through": other_failed}
         for n, imgs in (("none", other), ("macenko", other_norm)):
-            f = _features(spec, imgs)
+            f = _features(spec, imgs, normalizer if n == "macenko" else None)
             for p in pools:
                 clf_x, clf_y = feats[n][0][p], tr_y
                 lab[f"{n}/{p}"] = logistic_probe(clf_x, clf_y, f[p], va_y, train.classes)["balanced_accuracy"]
