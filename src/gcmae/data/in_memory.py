@@ -106,9 +106,10 @@ def stain_normalize_images(images: torch.Tensor, normalizer: StainNormalizer, ca
         try:
             sidecar = json.loads(cache.with_suffix(".json").read_text())
             made_by = {k: sidecar["stain"].get(k) for k in ("id", "library")}
-            if made_by == {k: normalizer.to_dict()[k] for k in ("id", "library")}:
+            wanted = {k: normalizer.to_dict()[k] for k in ("id", "library")}
+            if made_by == wanted:
                 return cached, int(sidecar["unchanged"])
-            log.warning("ignoring %s: made by %s, not %s", cache, made_by["library"], normalizer.to_dict()["library"])
+            log.warning("ignoring %s: made by %s, not %s", cache, made_by["library"], wanted["library"])
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             log.warning("ignoring %s: its sidecar does not say which normaliser made it or how many passed", cache)
     out = torch.empty_like(images)

@@ -19,7 +19,8 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 
 from gcmae.config import PATHOLOGY_MEAN, PATHOLOGY_STD
-from gcmae.io.convert import ImportedWeights, build_encoder_from_weights, build_gcmae_from_weights, load_weights
+from gcmae.io.convert import (ImportedWeights, build_encoder_from_weights, build_gcmae_from_weights, load_weights,
+                              pretrain_stain)
 from gcmae.models.gcmae import GCMAE
 from gcmae.models.vit import ENCODER_PRESETS
 from gcmae.pretrained import available as available_pretrained
@@ -175,9 +176,8 @@ def load_encoder(
     size = img_size or weights.img_size
     identity = {"sha256": sha256 or file_digest(path), "patch_size": weights.patch_size}
     desc = f"{weights.kind} checkpoint {path} ({found}) at {size} px"
-    pretrain_stain = (str(data.get("stain_norm") or "none"), str(data.get("stain_target") or ""))
     return Encoder(model, mean, std, size, identity, desc, has_decoder=weights.decoder_state is not None,
-                   pretrain_stain=pretrain_stain)
+                   pretrain_stain=pretrain_stain(weights) or ("none", ""))
 
 
 def load_autoencoder(

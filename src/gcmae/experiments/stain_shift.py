@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from gcmae.data.batch_augment import _RGB_FROM_HED, hed_to_rgb, rgb_to_hed
-from gcmae.data.in_memory import TensorImageDataset, default_cache_dir
+from gcmae.data.in_memory import TensorImageDataset, default_cache_dir, stain_normalize_images
 from gcmae.evaluate.frozen_probe import colour_histogram_features, logistic_probe
 from gcmae.experiments.pcam_probe import COLOUR, _slug, encoder_features, mean_sd
 from gcmae.io.atomic import write_text_atomic
@@ -56,16 +56,6 @@ def render(images: torch.Tensor, lab: tuple[torch.Tensor, torch.Tensor], chunk: 
     return out
 
 
-def normalise(images: torch.Tensor, normalizer: StainNormalizer, chunk: int = 256) -> tuple[torch.Tensor, int]:
-    """Stain-normalised uint8 tiles and how many were passed through unchanged."""
-    parts, failed = [], 0
-    for i in range(0, len(images), chunk):
-        batch = normalizer.normalize(images[i : i + chunk])
-        parts.append(batch.images)
-        failed += batch.num_failed
-    return torch.cat(parts), failed
-
-
 def shift_size(before: torch.Tensor, after: torch.Tensor, n: int = 64) -> dict[str, float]:
     """How far a rendering moved the tiles (medians over up to n tiles): the angle between the Macenko H and E
     vectors before and after, and the CIELAB distance between the mean colours (Delta E*ab of the means)."""
@@ -94,8 +84,8 @@ def run(spec: str, train: TensorImageDataset, val: TensorImageDataset, seeds: li
     pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:train_n]
     tr_imgs, tr_y = train.images[pick], train.labels[pick].numpy()
     va_y = val.labels.numpy()
-    tr_norm, tr_failed = normalise(tr_imgs, normalizer)
-    va_norm, va_failed = normalise(val.images, normalizer)
+    tr_norm, tr_failed = stain_normalize_images(tr_imgs, normalizer, progress=False)
+    va_norm, va_failed = stain_normalize_images(val.images, normalizer, progress=False)
     feats = {"none": (_features(spec, tr_imgs), _features(spec, val.images)),
              "macenko": (_features(spec, tr_norm, normalizer), _features(spec, va_norm, normalizer))}
     pools = list(feats["none"][0])
@@ -107,7 +97,7 @@ def run(spec: str, train: TensorImageDataset, val: TensorImageDataset, seeds: li
                               "labs": []}
     for seed in seeds:
         other = render(val.images, simulated_lab(seed, strength))
-        other_norm, other_failed = normalise(other, normalizer)
+        other_norm, other_failed = stain_normalize_images(other, normalizer, progress=False)
         lab: dict[str, Any] = {"seed": seed, "shift": shift_size(val.images, other), "passed_through": other_failed}
         for n, imgs in (("none", other), ("macenko", other_norm)):
             f = _features(spec, imgs, normalizer if n == "macenko" else None)
@@ -130,7 +120,7 @@ def figure(images: torch.Tensor, seeds: list[int], strength: float, normalizer: 
     rows = [("as scanned", tiles)] + [(f"lab {s}", render(tiles, simulated_lab(s, strength))) for s in seeds]
     fig, axes = plt.subplots(len(rows), 2 * count, figsize=(2 * count * 1.1, len(rows) * 1.25))
     for r, (name, imgs) in enumerate(rows):
-        normed, _ = normalise(imgs, normalizer)
+        normed, _ = stain_normalize_images(imgs, normalizer, progress=False)
         for c in range(count):
             for k, im in enumerate((imgs[c], normed[c])):
                 ax = axes[r, 2 * c + k]

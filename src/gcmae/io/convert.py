@@ -190,6 +190,13 @@ def _infer_encoder(enc: dict[str, torch.Tensor], path: Path, preset: str | None)
                 patch_size=patch, img_size=grid * patch)
 
 
+def pretrain_stain(weights: ImportedWeights) -> tuple[str, str] | None:
+    """(method, target) of the stain normalisation the weights were pretrained on (data.stain_norm), or None."""
+    data = weights.config.get("data", {})
+    method = str(data.get("stain_norm") or "none")
+    return None if method == "none" else (method, str(data.get("stain_target") or ""))
+
+
 def load_weights(path: str | Path) -> ImportedWeights:
     """Read any supported file (see module docstring) or a shipped encoder's name (`gcmae.pretrained`) and map it
     onto our names; the architecture is inferred."""

@@ -15,7 +15,8 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from gcmae.io.atomic import atomic_path, write_text_atomic
-from gcmae.io.convert import IMAGENET_MEAN, IMAGENET_STD, ConversionError, ImportedWeights, load_weights
+from gcmae.io.convert import (IMAGENET_MEAN, IMAGENET_STD, ConversionError, ImportedWeights, load_weights,
+                              pretrain_stain)
 from gcmae.models.vit import ENCODER_PRESETS, create_encoder, timm_name
 from gcmae.pretrained import available as available_pretrained
 from gcmae.pretrained import resolve as resolve_pretrained
@@ -104,13 +105,6 @@ def _normalisation(weights: ImportedWeights) -> tuple[list[float], list[float], 
     if "mean" in data and "std" in data:
         return [float(v) for v in data["mean"]], [float(v) for v in data["std"]], False
     return list(IMAGENET_MEAN), list(IMAGENET_STD), True
-
-
-def pretrain_stain(weights: ImportedWeights) -> tuple[str, str] | None:
-    """(method, target) of the stain normalisation the weights were pretrained on (data.stain_norm), or None."""
-    data = weights.config.get("data", {})
-    method = str(data.get("stain_norm") or "none")
-    return None if method == "none" else (method, str(data.get("stain_target") or ""))
 
 
 def find_metrics(source: Path) -> Path | None:

@@ -21,10 +21,10 @@ from torch.utils.data import DataLoader
 from gcmae.config import ConfigError, PretrainConfig, dump_yaml, to_dict
 from gcmae.data.datasets import ImageFolderDataset
 from gcmae.data.in_memory import TensorImageDataset, default_cache_dir
-from gcmae.stain.normalizer import make_normalizer
 from gcmae.data.sampler import SeededEpochSampler
 from gcmae.data.transforms import eval_transform, pretrain_transform
 from gcmae.io.atomic import write_text_atomic
+from gcmae.stain.normalizer import make_normalizer
 from gcmae.train.callbacks import (AtomicCheckpointIO, KeepEveryNEpochs, KeepNewestEpoch, KNNMonitor,
                                    checkpoint_to_resume, kept_checkpoints_in, last_checkpoint_in)
 from gcmae.train.module import PretrainModule
@@ -117,8 +117,9 @@ def check_run_folder(out_dir: Path, cfg: PretrainConfig, num_images: int) -> Non
     for key, default in (("stain_norm", "none"), ("stain_target", "")):  # the images themselves would change
         if old and old.get("data", {}).get(key, default) != new["data"][key]:
             binding.append(f"data.{key}")
-    changed = [c for c in changed if c not in binding and c != "data.train_dir"
-               and not (c in ("data.stain_norm", "data.stain_target") and old.get("data", {}).get(c[5:]) is None)]
+    # binding has judged these (a folder written before stain_norm existed had none)
+    changed = [c for c in changed
+               if c not in binding and c not in ("data.train_dir", "data.stain_norm", "data.stain_target")]
     if report.exists():
         before = json.loads(report.read_text()).get("images")
         if before is not None and before != num_images:
