@@ -69,8 +69,10 @@ def test_model_card_from_the_run_config_and_metrics(trained_checkpoint, tmp_path
     _, cfg = load_checkpoint(ckpt)
     assert f"image folder: {cfg.data.train_dir}" in card and "number of training images: 24" in card
     for row in ("| image size / patch size | 32 px / 8 px |", "| mask ratio | 0.5 |", "| negatives K | 16 |",
-                "| contrast weight (total = MAE + w x NCE) | 0.1 |", "| temperature T | 0.07 |", "| epochs | 1 |",
-                "| batch size (per device) | 8 |", "| gcmae | PCam valid | cls | 200 | 0.765 | 0.685 |"):
+                "| contrast weight (total = MAE + w x contrast) | 0.1 |", "| temperature T | 0.07 |", "| epochs | 1 |",
+                "| batch size (per device) | 8 |", "| gcmae | PCam valid | cls | 200 | 0.765 | 0.685 |",
+                f"| contrast objective | {'nce (official' if cfg.loss.objective == 'nce' else 'infonce'}",
+                f"| seed | {cfg.trainer.seed} |", f"| augmentation | random resized crop {cfg.data.crop_scale[0]}-"):
         assert row in card, row
     assert "mean = [0.679, 0.5053, 0.669]" in card and 'timm.create_model("local-dir:' in card
 

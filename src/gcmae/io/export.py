@@ -140,6 +140,32 @@ def _metrics_section(path: Path | None) -> str:
     return head + ".\n\n```json\n" + json.dumps(metrics, indent=2)[:4000] + "\n```\n"
 
 
+def _objective(weights: ImportedWeights) -> str:
+    """The bank term's loss: the paper's NCE, or the InfoNCE variant (named as such, never as the paper's)."""
+    names = {"nce": "nce (official: NPID's NCE)", "infonce": "infonce (a variant: softmax over 1 + K)"}
+    if weights.kind == "mae_official":
+        return "none (MAE)"
+    if weights.kind == "gcmae_official":
+        return names["nce"]
+    objective = weights.config.get("loss", {}).get("objective")
+    return _NOT_RECORDED if objective is None else names.get(objective, str(objective))
+
+
+def _augmentation(weights: ImportedWeights) -> str:
+    data = weights.config.get("data", {})
+    if "crop_scale" not in data:
+        return _NOT_RECORDED
+    low, high = data["crop_scale"]
+    flips = {(True, True): "all 8 flips and 90-degree rotations", (True, False): "horizontal flips",
+             (False, True): "vertical flips and 90-degree rotations", (False, False): None}
+    parts = [f"random resized crop {low}-{high}", flips[(bool(data.get("hflip", True)), bool(data.get("rotate90")))]]
+    for key, name in (("stain_jitter", "HED stain jitter"), ("colour_jitter", "colour jitter"),
+                      ("grayscale", "greyscale p")):
+        if data.get(key):
+            parts.append(f"{name} {data[key]}")
+    return ", ".join(p for p in parts if p)
+
+
 def model_card(weights: ImportedWeights, mean: list[float], std: list[float], license: str,
                metrics: Path | None = None, assumed_normalisation: bool = False) -> str:
     """A Hugging Face style README.md: YAML front matter, then description, data, recipe, normalisation, usage."""
@@ -152,12 +178,15 @@ def model_card(weights: ImportedWeights, mean: list[float], std: list[float], li
         ("encoder", f"{w.encoder} ({w.embed_dim} wide, {w.depth} blocks, {w.num_heads} heads)"),
         ("image size / patch size", f"{w.img_size} px / {w.patch_size} px"),
         ("mask ratio", _get(w, "model", "mask_ratio")),
-        ("contrast weight (total = MAE + w x NCE)", contrast),
+        ("contrast weight (total = MAE + w x contrast)", contrast),
+        ("contrast objective", _objective(w)),
         ("negatives K", _get(w, "loss", "num_negatives")),
         ("temperature T", _get(w, "loss", "temperature")),
         ("epochs", _get(w, "optim", "epochs")),
         ("batch size (per device)", _get(w, "data", "batch_size")),
         ("base lr (lr = base lr x effective batch / 256)", _get(w, "optim", "base_lr")),
+        ("augmentation", _augmentation(w)),
+        ("seed", _get(w, "trainer", "seed")),
     ]
     recipe_rows = "\n".join(f"| {k} | {v} |" for k, v in recipe)
     images = w.num_data if w.num_data else _NOT_RECORDED
