@@ -43,7 +43,7 @@ def run_demo(config: str | Path, out_dir: str | Path, data_root: str | Path = "d
     run = run_pretrain(cfg)
     timings["pretrain_s"] = time.time() - t0
 
-    log.info("3/5 kNN evaluation (trained, the shipped pretrained encoder, and random init)")
+    log.info("3/5 kNN evaluation (trained and random init), then the shipped encoder(s) against random init")
     t0 = time.time()
     model = run.module.model.cpu().eval().encoder
     torch.manual_seed(cfg.trainer.seed)
@@ -108,8 +108,8 @@ def _reading(metrics: dict) -> str:
         margins = ", ".join(f"{r['margin']:+.3f} ± {r['margin_se']:.3f} ({r['pool']}: {r['z']:.1f} standard errors)"
                             for r in rows)
         lines.append(f"- Shipped {name}, logistic probe minus the mean of {len(rows[0]['seeds'])} random inits on the "
-                     f"same normalised images: {margins}. It was pretrained on the full PCam train split for 22 epochs "
-                     "(docs/learning_cpu_hour.md); the demo's own run sees 3,000 patches for a few minutes.")
+                     f"same normalised images: {margins}. It was pretrained on the full PCam train split (its model "
+                     "card, docs/learning_cpu_hour.md); the demo's own run sees 3,000 patches for a few minutes.")
     losses = metrics.get("losses", {})
     if "rec" in losses:
         lines.append(f"- Reconstruction loss (per-patch normalised, 1.0 = predicting the patch mean) by epoch: "
