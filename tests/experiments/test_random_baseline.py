@@ -1,9 +1,13 @@
+import json
+import shutil
+
 import numpy as np
 import pytest
 from sklearn.metrics import balanced_accuracy_score
 
 from gcmae.experiments.random_baseline import (RandomInitComparison, balanced_accuracy_rows,
                                                compare_with_random_init, paired_margin)
+from gcmae.pretrained import resolve
 
 
 def _predictions(rng: np.random.Generator, labels: np.ndarray, accuracy: float) -> np.ndarray:
@@ -67,3 +71,13 @@ def test_an_encoder_no_better_than_random_init_is_not_significant():
     z_same = RandomInitComparison("cls", same[0], tuple(same[3]), (0, 1, 2, 3, 4), same[1], same[2]).z
     z_better = RandomInitComparison("cls", better[0], tuple(better[3]), (0, 1, 2, 3, 4), better[1], better[2]).z
     assert abs(z_same) < 1.96 < z_better
+
+
+def test_a_recorded_stain_target_that_is_not_here_is_named(tmp_path):
+    folder = tmp_path / "encoder"
+    shutil.copytree(resolve("gcmae-vit-tiny-pcam"), folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["gcmae"]["stain_target"] = "/elsewhere/lab_target.png"
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(FileNotFoundError, match="/elsewhere/lab_target.png.*stain_target"):
+        compare_with_random_init(folder, tmp_path, tmp_path, seeds=(0, 1))
