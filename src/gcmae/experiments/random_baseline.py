@@ -19,6 +19,7 @@ import numpy as np
 
 from gcmae.data.in_memory import TensorImageDataset, default_cache_dir
 from gcmae.experiments.pcam_probe import encoder_features
+from gcmae.io.atomic import write_text_atomic
 from gcmae.io.convert import load_weights, pretrain_stain
 from gcmae.scoring.probe import fit_logistic_probe
 from gcmae.stain import make_normalizer
@@ -89,11 +90,12 @@ def compare_with_random_init(encoder: str | Path, train_dir: str | Path, val_dir
     if bootstrap < 2:
         raise ValueError(f"bootstrap={bootstrap}: at least 2 draws are needed for a standard error")
     weights = load_weights(encoder)
-    method, target = pretrain_stain(weights) or ("none", "")
-    if target and not Path(stain_target or target).is_file():
-        raise FileNotFoundError(f"{encoder} was pretrained on images {method}-normalised to {target}, which is not "
-                                "here: pass stain_target= (--stain-target) with that image")
-    stain = make_normalizer(method, (stain_target or target) or None)
+    method, recorded = pretrain_stain(weights) or ("none", "")
+    target = str(stain_target or recorded)  # "": the shipped default target
+    if recorded and not Path(target).is_file():
+        raise FileNotFoundError(f"{encoder} was pretrained on images {method}-normalised to {recorded}, but {target} "
+                                "is not here: pass stain_target= (--stain-target) with that image")
+    stain = make_normalizer(method, target or None)
     side = size or weights.img_size
     cache = cache_dir or default_cache_dir()
     train = TensorImageDataset(train_dir, side, cache, validate="none", stain=stain)
@@ -136,8 +138,6 @@ def main(argv: list[str] | None = None) -> None:
         randoms = ", ".join(f"{v:.3f}" for v in r.random_init)
         print(f"| {r.pool} | {r.encoder:.3f} | {randoms} | {r.margin:+.3f} | {r.margin_se:.3f} | {r.z:.1f} |")
     if args.json:
-        from gcmae.io.atomic import write_text_atomic
-
         write_text_atomic(args.json, json.dumps([asdict(r) | {"z": r.z} for r in results], indent=1) + "\n")
 
 
