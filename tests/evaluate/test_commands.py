@@ -133,6 +133,29 @@ def test_attention_and_reconstructions_share_one_image_sample(pcam_pair, trained
     assert torch.equal(drawn["attention"], drawn["recon"])
 
 
+def test_visualize_shows_stain_normalised_images(pcam_pair, trained_checkpoint, tmp_path, monkeypatch):
+    """--stain-norm: the attention and reconstruction figures get the images the encoder sees, normalised."""
+    import gcmae.evaluate.visualize as visualize
+    from gcmae.stain import make_normalizer
+
+    drawn = {}
+    monkeypatch.setattr(visualize, "plot_attention", lambda enc, imgs, out, *a: drawn.setdefault(out.parent.name, imgs))
+    args = ["visualize", "--checkpoint", str(trained_checkpoint), "--data", str(pcam_pair[1]), "--what",
+            "attention", "--num-images", "3"]
+    assert main([*args, "--out", str(tmp_path / "raw")]) == 0
+    assert main([*args, "--out", str(tmp_path / "norm"), "--stain-norm", "macenko"]) == 0
+    raw, norm = drawn["raw"], drawn["norm"]
+    assert raw.shape == norm.shape == (3, 3, 32, 32)
+    # independently: undo the encoder's mean/std, Macenko-normalise the RGB images, redo it
+    from gcmae.encoders.loading import load_encoder
+    enc = load_encoder(str(trained_checkpoint))
+    m, s = (torch.tensor(v).view(1, 3, 1, 1) for v in (enc.mean, enc.std))
+    expected = (make_normalizer("macenko").normalize((raw * s + m).clamp(0, 1)).images - m) / s
+    assert (norm - raw).abs().max() > 0.1
+    torch.testing.assert_close(norm, expected, atol=1e-5, rtol=1e-5)
+    assert "macenko-normalised" in (tmp_path / "norm" / "report.md").read_text()
+
+
 def test_reconstruction_needs_a_decoder(pcam_pair, timm_checkpoint, tmp_path, capsys):
     assert main(["visualize", "--checkpoint", str(timm_checkpoint), "--data", str(pcam_pair[1]), "--out",
                  str(tmp_path / "v"), "--what", "reconstruction"]) == 2

@@ -57,8 +57,8 @@ class StainOptions:
     """Commands whose frozen features may be stain-normalised first (gcmae.stain)."""
 
     stain_norm: str = option("none", choices=STAIN_NORMS,
-                             help="stain normalisation of every image before the encoder (torchstain; fast protocol "
-                                  "/ kNN)")
+                             help="stain normalisation of every image before the encoder (torchstain; kNN, the "
+                                  "fast probe, visualize)")
     stain_target: str = option("", help="reference image for --stain-norm (default: the shipped CRC-VAL-HE-7K tile)")
 
 
@@ -118,7 +118,7 @@ FINETUNE_HELP = {  # shared fields that mean something else for fine-tuning
 
 
 @dataclass
-class VisualizeOptions(CachedFeatureOptions):
+class VisualizeOptions(CachedFeatureOptions, StainOptions):
     data: str = option("", help="image folder to visualise; class sub-folders colour the t-SNE (required)")
     what: str = option("tsne,attention", help="comma-separated: tsne, umap, attention, reconstruction")
     num_images: int = option(6, help="attention / reconstruction: number of images")

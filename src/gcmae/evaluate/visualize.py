@@ -26,7 +26,8 @@ from gcmae.viz.reconstruction_grid import plot_reconstructions
 
 
 def sample_images(encoder: Encoder, dataset: ImageFolderDataset, num: int) -> tuple[torch.Tensor, list[str]]:
-    """`num` images spread evenly over the sorted folder (so every class shows up), and their titles."""
+    """`num` images spread evenly over the sorted folder (so every class shows up), and their titles; as the
+    encoder sees them (stain-normalised when it has a normaliser)."""
     dataset.transform = eval_transform(encoder.img_size, encoder.mean, encoder.std)
     picks = sorted(set(np.linspace(0, len(dataset) - 1, max(1, min(num, len(dataset)))).round().astype(int)))
     imgs, titles = [], []
@@ -34,7 +35,9 @@ def sample_images(encoder: Encoder, dataset: ImageFolderDataset, num: int) -> tu
         img, _, index = dataset[int(i)]
         imgs.append(img)
         titles.append(str(dataset.files[index].relative_to(dataset.root).parent / dataset.files[index].stem))
-    return torch.stack(imgs), titles
+    batch = torch.stack(imgs)
+    stain = encoder.stain_step()
+    return (batch if stain is None else stain(batch)), titles
 
 
 @dataclass
@@ -101,7 +104,8 @@ def run_visualize(opts: VisualizeOptions) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     src = Sources(opts, encoder, dataset, out)
     figures = [VISUALS[w](src) for w in wanted]
-    notes = [f"Weights: {encoder.description}; images from `{opts.data}`."]
+    stain = f", {encoder.stain.method}-normalised (target {encoder.stain.target_name})" if encoder.stain else ""
+    notes = [f"Weights: {encoder.description}; images from `{opts.data}`{stain}."]
     write_report(out, "Visualisations", settings(opts), {}, figures, notes)
     written = {w: str(out / rel) for w, (_, rel) in zip(wanted, figures)}
     write_text_atomic(out / "visualize.json", json.dumps({"settings": settings(opts), "figures": written,
