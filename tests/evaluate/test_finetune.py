@@ -2,10 +2,12 @@
 per-iteration warm-up + cosine lr to every layer group, keeps the best epoch by the val metric, resumes an
 interrupted run, skips a finished one, and rejects bad input with clear errors."""
 import csv
+import json
 import math
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
 
@@ -135,6 +137,37 @@ def cli(tmp_path, train, val, *extra) -> list[str]:
 
 
 RANDOM = ["--checkpoint", "random", "--encoder", "vit_tiny", "--img-size", "32", "--patch-size", "8"]
+
+
+def test_stain_norm_normalises_train_and_val_images_before_their_transforms(pcam16, tmp_path):
+    """--stain-norm macenko: what the model is validated on is the Macenko-normalised image through the eval
+    transform (composed here by hand), and the run records the normalisation."""
+    from PIL import Image
+
+    from gcmae.evaluate.linprobe_paper import probe_eval_transform
+    from gcmae.stain import make_normalizer
+
+    class FirstValBatch(L.Callback):
+        def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+            if batch_idx == 0 and not hasattr(self, "images"):
+                self.images = batch[0].clone()
+
+    out, first = tmp_path / "stain", FirstValBatch()
+    opts = FinetuneOptions(checkpoint="random", train=str(pcam16), val=str(pcam16), out=str(out), epochs=1,
+                           warmup_epochs=0, stain_norm="macenko", **TINY, **NO_AUGMENT)
+    run_finetune(opts, [first])
+    norm = make_normalizer("macenko")
+    files = sorted(p for p in pcam16.rglob("*.jpg"))[:2]  # the val loader keeps the sorted folder order
+    eval_tf = probe_eval_transform(32, (0.6790, 0.5053, 0.6690), (0.1916, 0.2040, 0.1565))
+    for i, path in enumerate(files):
+        with Image.open(path) as im:
+            rgb = torch.from_numpy(np.asarray(im.convert("RGB")).copy()).permute(2, 0, 1).unsqueeze(0)
+        normalised = Image.fromarray(norm.normalize(rgb).images[0].permute(1, 2, 0).numpy())
+        raw = Image.fromarray(rgb[0].permute(1, 2, 0).numpy())
+        torch.testing.assert_close(first.images[i], eval_tf(normalised), atol=1e-6, rtol=0)
+        assert (first.images[i] - eval_tf(raw)).abs().max() > 0.1
+    run = json.loads((out / "run.json").read_text())
+    assert run["settings"]["stain_norm"] == "macenko"
 
 
 def test_missing_folder(pcam_pair, tmp_path, capsys):

@@ -34,7 +34,7 @@ def encoder_from_options(opts: BaseOptions) -> Encoder:
     takes_stain = hasattr(opts, "stain_norm") and getattr(opts, "protocol", "fast") != "paper"
     encoder.use_stain(stain, warn=takes_stain)
     method = encoder.pretrain_stain[0]
-    if not takes_stain and method != "none":  # fine-tuning, the paper probe: no --stain-norm to give
+    if not takes_stain and method != "none":  # the paper probe: no --stain-norm to give
         log.warning("%s was pretrained on %s-normalised images; this command gives it raw images, which it did not "
                     "learn from", encoder.description, method)
     return encoder

@@ -2,7 +2,8 @@
 
 A timm ViT initialised from any encoder `load_encoder` reads (or a random init), a linear head on the cls token
 (or MAE's global pool), AdamW with layer-wise lr decay, per-iteration warm-up + cosine, label smoothing,
-RandomResizedCrop + flip + RandAugment (+ random erasing) for training and resize + centre-crop for evaluation.
+RandomResizedCrop + flip + RandAugment (+ random erasing) for training and resize + centre-crop for evaluation
+(each image stain-normalised first with `--stain-norm`).
 Lightning runs the loop; every epoch is validated, the best epoch by `--metric` is kept as `checkpoints/best.ckpt`
 (weights) and `checkpoints/last.ckpt` (full state) resumes an interrupted run. At the end the best weights are
 evaluated on the val folder (metrics.json, report.md, confusion matrix, curves.png). A finished run is skipped.
@@ -22,6 +23,7 @@ import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader
+from torchvision import transforms
 
 from gcmae.data.datasets import ImageFolderDataset
 from gcmae.data.sampler import SeededEpochSampler
@@ -39,6 +41,7 @@ from gcmae.evaluate.options import FinetuneOptions, settings
 from gcmae.io.atomic import atomic_path, write_text_atomic
 from gcmae.scoring.metrics import classification_metrics
 from gcmae.scoring.report import console_table, save_evaluation
+from gcmae.stain.image_transform import StainTransform
 from gcmae.train.callbacks import AtomicCheckpointIO, checkpoint_to_resume
 from gcmae.viz.curves import metrics_files
 
@@ -77,6 +80,8 @@ def _run_record(opts: FinetuneOptions, identity: dict[str, Any], train: ImageFol
                 val: ImageFolderDataset) -> dict[str, Any]:
     """What decides a run's result: compared with the saved record before resuming or skipping."""
     values = {k: v for k, v in settings(opts).items() if k not in RUNTIME_ONLY}
+    if opts.stain_norm == "none":  # as recorded before --stain-norm existed, so those runs still resume
+        values.pop("stain_norm"), values.pop("stain_target")
     return {"settings": values, "weights": identity, "classes": train.classes,
             "num_train": len(train), "num_val": len(val)}
 
@@ -184,6 +189,9 @@ def run_finetune(opts: FinetuneOptions, extra_callbacks: list[L.Callback] = ()) 
     train.transform = finetune_train_transform(size, mean, std, opts.crop_scale, opts.randaug_ops,
                                                opts.randaug_magnitude, opts.reprob)
     val.transform = probe_eval_transform(size, mean, std)
+    if encoder.stain is not None:  # normalised first, then augmented: as data.stain_norm does in pretraining
+        train.transform = transforms.Compose([StainTransform(encoder.stain), train.transform])
+        val.transform = transforms.Compose([StainTransform(encoder.stain), val.transform])
     batch = min(opts.batch_size, len(train))
     if batch < opts.batch_size:
         log.warning("%s has %d images, fewer than --batch-size %d: training with batch %d", opts.train, len(train),

@@ -58,7 +58,7 @@ class StainOptions:
 
     stain_norm: str = option("none", choices=STAIN_NORMS,
                              help="stain normalisation of every image before the encoder (torchstain; kNN, the "
-                                  "fast probe, visualize)")
+                                  "fast probe, visualize; finetune: before the augmentation)")
     stain_target: str = option("", help="reference image for --stain-norm (default: the shipped CRC-VAL-HE-7K tile)")
 
 
@@ -87,7 +87,7 @@ class LinprobeOptions(EvalOptions, CachedFeatureOptions, StainOptions):
 
 
 @dataclass
-class FinetuneOptions(EvalOptions):
+class FinetuneOptions(EvalOptions, StainOptions):
     """`gcmae finetune`: GCMAE's (MAE's) end-to-end fine-tuning recipe; `batch_size` is the training batch."""
 
     epochs: int = option(50, help="training epochs")

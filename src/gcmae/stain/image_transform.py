@@ -1,0 +1,26 @@
+"""A stain normaliser as a per-image dataset transform (PIL in, PIL out), for pipelines that augment PIL images."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from gcmae.stain.normalizer import StainNormalizer
+
+
+@dataclass
+class StainTransform:
+    """Stain-normalise one PIL image before the rest of a transform; an image whose stain cannot be estimated
+    (background, glass) is returned unchanged, as in every other stain-normalised pipeline here."""
+
+    normalizer: StainNormalizer
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        rgb = np.asarray(image.convert("RGB"))
+        batch = torch.from_numpy(rgb.copy()).permute(2, 0, 1).unsqueeze(0)
+        out = self.normalizer.normalize(batch)
+        if out.num_failed:
+            return image
+        return Image.fromarray(out.images[0].permute(1, 2, 0).numpy())
