@@ -26,17 +26,13 @@ def img_size_of(opts: BaseOptions) -> int | None:
 
 
 def encoder_from_options(opts: BaseOptions) -> Encoder:
-    """The encoder of the options, with its stain normaliser when the options ask for one."""
+    """The encoder of the options, with its stain normaliser when the options ask for one (a warning when that is
+    not how it was pretrained)."""
     from gcmae.stain import make_normalizer
 
     stain = make_normalizer(getattr(opts, "stain_norm", None), getattr(opts, "stain_target", None) or None)
     encoder = load_encoder(opts.checkpoint, opts.encoder, img_size_of(opts), opts.patch_size, opts.seed)
-    takes_stain = hasattr(opts, "stain_norm") and getattr(opts, "protocol", "fast") != "paper"
-    encoder.use_stain(stain, warn=takes_stain)
-    method = encoder.pretrain_stain[0]
-    if not takes_stain and method != "none":  # the paper probe: no --stain-norm to give
-        log.warning("%s was pretrained on %s-normalised images; this command gives it raw images, which it did not "
-                    "learn from", encoder.description, method)
+    encoder.use_stain(stain)
     return encoder
 
 

@@ -23,6 +23,7 @@ from gcmae.encoders.loading import Encoder
 from gcmae.evaluate.common import encoder_from_options, encoder_used, open_labelled_pair
 from gcmae.evaluate.options import LinprobeOptions
 from gcmae.scoring.metrics import classification_metrics
+from gcmae.stain.image_transform import StainTransform
 from gcmae.train.optim import scaled_lr, warmup_cosine
 
 log = logging.getLogger(__name__)
@@ -125,6 +126,9 @@ def run_paper(opts: LinprobeOptions, device: torch.device) -> tuple[dict[str, An
     size, mean, std = encoder.img_size, encoder.mean, encoder.std
     train.transform = probe_train_transform(size, mean, std)
     val.transform = probe_eval_transform(size, mean, std)
+    if encoder.stain is not None:  # normalised first, then augmented (the frozen features are not normalised again)
+        train.transform = T.Compose([StainTransform(encoder.stain), train.transform])
+        val.transform = T.Compose([StainTransform(encoder.stain), val.transform])
     with torch.random.fork_rng(devices=[]):  # RandomResizedCrop / flip draw from torch's global generator
         torch.manual_seed(opts.seed)
         probe, history = train_probe(encoder, train, opts, device)
@@ -133,7 +137,8 @@ def run_paper(opts: LinprobeOptions, device: torch.device) -> tuple[dict[str, An
     metrics = {**classification_metrics(labels, probs, train.classes), "final_train_loss": history[-1]["loss"]}
     extra = {"weights": encoder.description, "encoder_used": encoder_used(encoder), "mean": list(mean), "std": list(std), "num_train": len(train),
              "num_val": len(val), "classes": train.classes, "history": history,
-             "peak_lr": scaled_lr(opts.base_lr, batch), "batch_size": batch}
+             "peak_lr": scaled_lr(opts.base_lr, batch), "batch_size": batch,
+             "stain": encoder.stain.to_dict() if encoder.stain is not None else None}
     notes = [f"Paper protocol: frozen encoder ({encoder.description}), BatchNorm (no affine) + linear head on the "
              f"{opts.pool} token, LARS, lr {opts.base_lr} x {batch} / 256, {opts.epochs} epochs "
              f"({opts.warmup_epochs} warm-up), RandomResizedCrop + flip; eval resize {round(size / EVAL_CROP_RATIO)}"

@@ -57,8 +57,8 @@ class StainOptions:
     """Commands whose frozen features may be stain-normalised first (gcmae.stain)."""
 
     stain_norm: str = option("none", choices=STAIN_NORMS,
-                             help="stain normalisation of every image before the encoder (torchstain; kNN, the "
-                                  "fast probe, visualize; finetune: before the augmentation)")
+                             help="stain normalisation of every image before the encoder (torchstain; with "
+                                  "augmentation, before it)")
     stain_target: str = option("", help="reference image for --stain-norm (default: the shipped CRC-VAL-HE-7K tile)")
 
 
@@ -156,9 +156,6 @@ def resolve_options(cls: type, args: argparse.Namespace) -> Any:
             raise ConfigError(f"{f.name}: {value!r} is not one of {', '.join(choices)}")
     if isinstance(opts, CachedFeatureOptions) and opts.cache_dir is None:  # with the run, not in the current folder
         opts.cache_dir = str(Path(opts.out) / "feature-cache")
-    if isinstance(opts, LinprobeOptions) and opts.protocol == "paper" and opts.stain_norm != "none":
-        raise ConfigError("stain_norm applies to frozen features (fast protocol, kNN); the paper protocol trains on "
-                          "augmented images and does not apply it")
     if isinstance(opts, VisualizeOptions):
         unknown = [w for w in opts.what.split(",") if w.strip() not in VISUALS]
         if unknown:
