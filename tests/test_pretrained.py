@@ -21,7 +21,11 @@ def test_shipped_encoder_loads_offline_by_name_and_in_timm():
     assert folder == WEIGHTS_DIR / NAME
     assert (folder / "model.safetensors").stat().st_size <= 12 * 2**20
     config = json.loads((folder / "config.json").read_text())
-    assert config["gcmae"] == {"stain_norm": "macenko", "stain_target": ""}
+    assert {k: config["gcmae"][k] for k in ("stain_norm", "stain_target")} == {"stain_norm": "macenko",
+                                                                               "stain_target": ""}
+    # the fitted normaliser is stored, and is the one gcmae fits to the shipped target today
+    from gcmae.stain import StainNormalizer, make_normalizer
+    assert StainNormalizer.from_dict(config["gcmae"]["stain"]).id == make_normalizer("macenko").id
     card = (folder / "README.md").read_text()
     for words in ("seed | 0", "infonce", "random init", "colour histogram", "## Limits"):
         assert words in card, words
@@ -60,6 +64,22 @@ def test_commands_take_the_shipped_encoder_by_name(pcam_pair, tmp_path, caplog):
     assert "was pretrained on macenko" not in caplog.text  # normalised like its pretraining: no warning
     main([*base, "--out", str(tmp_path / "raw")])
     assert "was pretrained on macenko-normalised images" in caplog.text and "given raw images" in caplog.text
+    assert "--stain-norm pretrained" in caplog.text
+    # --stain-norm pretrained: the encoder's own stored normaliser, the same features as --stain-norm macenko
+    caplog.clear()
+    assert main([*base, "--out", str(tmp_path / "own"), "--stain-norm", "pretrained"]) == 0
+    own = json.loads((tmp_path / "own" / "metrics.json").read_text())
+    assert own["stain"]["id"] == metrics["stain"]["id"] and "was pretrained on" not in caplog.text
+    assert own["results"]["knn_k5"]["balanced_accuracy"] == metrics["results"]["knn_k5"]["balanced_accuracy"]
+
+
+def test_stain_norm_pretrained_is_refused_where_it_has_nothing_to_apply(pcam_pair, tmp_path, capsys):
+    train, val = pcam_pair
+    base = ["knn", "--train", str(train), "--val", str(val), "--k", "5", "--out", str(tmp_path / "o")]
+    assert main([*base, "--checkpoint", "random", "--encoder", "vit_tiny", "--stain-norm", "pretrained"]) == 2
+    assert "without stain normalisation: --stain-norm pretrained has nothing to apply" in capsys.readouterr().err
+    assert main([*base, "--checkpoint", NAME, "--stain-norm", "pretrained", "--stain-target", str(train)]) == 2
+    assert "--stain-target" in capsys.readouterr().err
 
 
 def test_a_path_named_like_the_shipped_encoder_wins(tmp_path, monkeypatch):

@@ -94,7 +94,9 @@ def test_a_stain_normalised_run_records_its_normaliser(small_pcam, tmp_path, cap
     assert load_pretrain_config(out / "config.yaml").data.stain_norm == "macenko"
     # its encoder, as a checkpoint and exported, knows it and warns when given raw images
     exported = export_encoder(out / "checkpoints" / "last.ckpt", tmp_path / "export")
-    assert json.loads((exported / "config.json").read_text())["gcmae"] == {"stain_norm": "macenko", "stain_target": ""}
+    stored_export = json.loads((exported / "config.json").read_text())["gcmae"]
+    assert stored_export["stain_norm"] == "macenko" and stored_export["stain_target"] == ""
+    assert StainNormalizer.from_dict(stored_export["stain"]).id == norm.id  # the fit itself, no target needed
     assert "macenko-stain-normalised" in (exported / "README.md").read_text()
     timm.create_model(f"local-dir:{exported}", pretrained=True)  # the extra key does not bother timm
     for source in (out / "checkpoints" / "last.ckpt", exported):
@@ -105,7 +107,8 @@ def test_a_stain_normalised_run_records_its_normaliser(small_pcam, tmp_path, cap
             encoder.use_stain(norm)
             assert not caplog.records and encoder.stain is norm
             encoder.use_stain(None)
-            assert "pass --stain-norm macenko" in caplog.text and encoder.stain is None
+            assert "--stain-norm macenko" in caplog.text and encoder.stain is None
+        assert encoder.pretraining_normalizer().id == norm.id  # stored (export) or re-fitted (checkpoint)
     assert load_encoder("random", "vit_tiny", 32, 8).pretrain_stain == ("none", "")
     other_target = next((small_pcam / "1_metastatic").glob("*.jpg"))  # a real tile: same method, other target
     caplog.clear()
@@ -119,3 +122,21 @@ def test_a_stain_normalised_run_records_its_normaliser(small_pcam, tmp_path, cap
     run_pretrain(tiny_config(small_pcam, out, "optim.epochs=2", "data.in_memory=true", "trainer.force_resume=true",
                              f"data.cache_dir={tmp_path / 'cache'}"))
     assert not (out / "stain.json").exists()  # no stale record of a normalisation it no longer has
+
+
+def test_an_export_carries_a_custom_stain_target_the_checkpoint_only_names(small_pcam, samples, tmp_path):
+    """Pretrained to a custom target that is then gone (another machine): the export still gives the normaliser
+    (`--stain-norm pretrained`), the checkpoint says which target it lacks."""
+    from gcmae.stain import StainError
+
+    target = tmp_path / "lab_target.png"
+    shutil.copy(sorted((samples / "crc-val-he-7k" / "TUM").glob("*.png"))[0], target)
+    fitted = StainNormalizer.fit(target, "macenko")
+    out = tmp_path / "run"
+    run_pretrain(tiny_config(small_pcam, out, "optim.epochs=1", "data.in_memory=true", "data.stain_norm=macenko",
+                             f"data.stain_target={target}", f"data.cache_dir={tmp_path / 'cache'}"))
+    exported = export_encoder(out / "checkpoints" / "last.ckpt", tmp_path / "export")
+    target.unlink()
+    assert load_encoder(exported).pretraining_normalizer().id == fitted.id
+    with pytest.raises(StainError, match="lab_target.png"):
+        load_encoder(out / "checkpoints" / "last.ckpt").pretraining_normalizer()

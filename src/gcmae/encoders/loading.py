@@ -20,12 +20,12 @@ from timm.models.vision_transformer import VisionTransformer
 
 from gcmae.config import PATHOLOGY_MEAN, PATHOLOGY_STD
 from gcmae.io.convert import (ImportedWeights, build_encoder_from_weights, build_gcmae_from_weights, load_weights,
-                              pretrain_stain)
+                              pretrain_normalizer_record, pretrain_stain)
 from gcmae.models.gcmae import GCMAE
 from gcmae.models.vit import ENCODER_PRESETS
 from gcmae.pretrained import available as available_pretrained
 from gcmae.pretrained import resolve as resolve_pretrained
-from gcmae.stain import DEFAULT_TARGET, EncoderInputStain, StainNormalizer
+from gcmae.stain import DEFAULT_TARGET, EncoderInputStain, StainError, StainNormalizer, make_normalizer
 
 log = logging.getLogger(__name__)
 
@@ -50,20 +50,43 @@ class Encoder:
     stain: StainNormalizer | None = None  # applied to every batch before the model
     # the stain normalisation its pretraining applied to every image (data.stain_norm, data.stain_target)
     pretrain_stain: tuple[str, str] = ("none", "")
+    # that normaliser as fitted (StainNormalizer.to_dict), when the weights store it (`gcmae export` folders)
+    pretrain_normalizer_record: dict[str, Any] | None = None
+
+    def pretraining_normalizer(self) -> StainNormalizer:
+        """The stain normaliser its pretraining applied (what `--stain-norm pretrained` uses): the stored fit, else
+        re-fitted to the recorded target. StainError when it was pretrained on raw images or the target is gone."""
+        method, target = self.pretrain_stain
+        if method == "none":
+            raise StainError(f"{self.description} was pretrained on images without stain normalisation: "
+                             "--stain-norm pretrained has nothing to apply (use none, macenko or reinhard)")
+        if self.pretrain_normalizer_record is not None:
+            return StainNormalizer.from_dict(self.pretrain_normalizer_record)
+        try:
+            return make_normalizer(method, target or None)
+        except StainError as err:
+            raise StainError(f"{self.description} records its pretraining's {method} target only by its path, and "
+                             f"it cannot be read here ({err}); pass --stain-norm {method} --stain-target <a copy of "
+                             "that image>, or export the checkpoint on the training machine (the export stores the "
+                             "fitted normaliser)") from None
 
     def stain_mismatch(self, stain: StainNormalizer | None) -> str | None:
         """Why `stain` is not the normalisation this encoder was pretrained on (None when it is, or none was).
-        The target is compared by file name: the recorded target is a path on the training machine."""
+        A stored fit is compared by id; otherwise the target by file name (the recorded target is a path on the
+        training machine)."""
         method, target = self.pretrain_stain
         if method == "none":
             return None
         expected = Path(target).name if target else DEFAULT_TARGET.name
-        if stain is not None and stain.method == method and stain.target_name == expected:
+        record = self.pretrain_normalizer_record
+        if record is not None and stain is not None and stain.matches_id(record.get("id")):
+            return None
+        if record is None and stain is not None and stain.method == method and stain.target_name == expected:
             return None
         given = "raw images" if stain is None else f"{stain.method}-normalised ones (target {stain.target_name})"
         flags = f"--stain-norm {method}" + (f" --stain-target {target}" if target else "")
         return (f"{self.description} was pretrained on {method}-normalised images (target {expected}) but is "
-                f"given {given}; for features like those it learnt from, pass {flags}")
+                f"given {given}; for features like those it learnt from, pass --stain-norm pretrained (or {flags})")
 
     def use_stain(self, stain: StainNormalizer | None, warn: bool = True) -> None:
         """Normalise every batch with `stain` (None: none); warn when that is not how it was pretrained."""
@@ -84,6 +107,25 @@ class Encoder:
     def stain_step(self) -> EncoderInputStain | None:
         """A per-run stain step for embedding loops (it counts the tiles passed through), or None."""
         return None if self.stain is None else EncoderInputStain(self.stain, self.mean, self.std)
+
+
+PRETRAINED_STAIN = "pretrained"  # --stain-norm value: the normaliser the encoder's pretraining applied
+
+
+def checked_normalizer(method: str | None, target: str | None) -> StainNormalizer | None:
+    """`--stain-norm` / `--stain-target` checked before any model loads: the normaliser, or None for none and for
+    'pretrained' (resolved by `apply_stain_option` once the encoder is loaded)."""
+    if method == PRETRAINED_STAIN:
+        if target:
+            raise StainError(f"--stain-target {target} with --stain-norm {PRETRAINED_STAIN}: the encoder's own "
+                             "normaliser is used; drop one of them")
+        return None
+    return make_normalizer(method, target or None)
+
+
+def apply_stain_option(encoder: Encoder, method: str | None, stain: StainNormalizer | None) -> None:
+    """Give `encoder` the normaliser `--stain-norm` asked for (`stain` from `checked_normalizer`)."""
+    encoder.use_stain(encoder.pretraining_normalizer() if method == PRETRAINED_STAIN else stain)
 
 
 def file_digest(path: str | Path) -> str:
@@ -177,7 +219,8 @@ def load_encoder(
     identity = {"sha256": sha256 or file_digest(path), "patch_size": weights.patch_size}
     desc = f"{weights.kind} checkpoint {path} ({found}) at {size} px"
     return Encoder(model, mean, std, size, identity, desc, has_decoder=weights.decoder_state is not None,
-                   pretrain_stain=pretrain_stain(weights) or ("none", ""))
+                   pretrain_stain=pretrain_stain(weights) or ("none", ""),
+                   pretrain_normalizer_record=pretrain_normalizer_record(weights))
 
 
 def load_autoencoder(

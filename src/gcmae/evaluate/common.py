@@ -9,7 +9,8 @@ from gcmae.data.datasets import ImageFolderDataset
 from gcmae.data.folders import check_same_classes, first_image_side, open_folder
 from gcmae.device import resolve_device
 from gcmae.encoders.cache import FeatureSet, folder_features
-from gcmae.encoders.loading import RANDOM, Encoder, load_encoder, random_input_size
+from gcmae.encoders.loading import (RANDOM, Encoder, apply_stain_option, checked_normalizer, load_encoder,
+                                    random_input_size)
 from gcmae.evaluate.options import BaseOptions, KNNOptions, LinprobeOptions
 
 log = logging.getLogger(__name__)
@@ -28,11 +29,10 @@ def img_size_of(opts: BaseOptions) -> int | None:
 def encoder_from_options(opts: BaseOptions) -> Encoder:
     """The encoder of the options, with its stain normaliser when the options ask for one (a warning when that is
     not how it was pretrained)."""
-    from gcmae.stain import make_normalizer
-
-    stain = make_normalizer(getattr(opts, "stain_norm", None), getattr(opts, "stain_target", None) or None)
+    method = getattr(opts, "stain_norm", None)
+    stain = checked_normalizer(method, getattr(opts, "stain_target", None))
     encoder = load_encoder(opts.checkpoint, opts.encoder, img_size_of(opts), opts.patch_size, opts.seed)
-    encoder.use_stain(stain)
+    apply_stain_option(encoder, method, stain)
     return encoder
 
 

@@ -16,7 +16,7 @@ from gcmae.config import ConfigError, from_dict, load_yaml
 from gcmae.options import add_arguments, flag, given, option
 
 POOLS = ("cls", "mean")
-STAIN_NORMS = ("none", "macenko", "reinhard")
+STAIN_NORMS = ("none", "macenko", "reinhard", "pretrained")  # pretrained: what the encoder's pretraining applied
 METRICS = ("balanced_accuracy", "accuracy", "macro_f1", "auc")  # what picks the best fine-tuning epoch
 
 
@@ -58,8 +58,9 @@ class StainOptions:
 
     stain_norm: str = option("none", choices=STAIN_NORMS,
                              help="stain normalisation of every image before the encoder (torchstain; with "
-                                  "augmentation, before it)")
-    stain_target: str = option("", help="reference image for --stain-norm (default: the shipped CRC-VAL-HE-7K tile)")
+                                  "augmentation, before it); pretrained: the one the encoder was pretrained with")
+    stain_target: str = option("", help="reference image for --stain-norm macenko/reinhard (default: the shipped "
+                                        "CRC-VAL-HE-7K tile)")
 
 
 @dataclass

@@ -197,6 +197,13 @@ def pretrain_stain(weights: ImportedWeights) -> tuple[str, str] | None:
     return None if method == "none" else (method, str(data.get("stain_target") or ""))
 
 
+def pretrain_normalizer_record(weights: ImportedWeights) -> dict[str, Any] | None:
+    """The fitted stain normaliser (`StainNormalizer.to_dict`) a `gcmae export` stored with the normalisation its
+    pretraining applied, or None (a checkpoint records only the method and the target's path)."""
+    record = weights.config.get("data", {}).get("stain")
+    return dict(record) if isinstance(record, dict) else None
+
+
 def load_weights(path: str | Path) -> ImportedWeights:
     """Read any supported file (see module docstring) or a shipped encoder's name (`gcmae.pretrained`) and map it
     onto our names; the architecture is inferred."""
@@ -229,7 +236,7 @@ def load_weights(path: str | Path) -> ImportedWeights:
             exported = json.loads((path / "config.json").read_text())
             pretrained = exported.get("pretrained_cfg", {})
             config["data"] = {k: pretrained[k] for k in ("mean", "std") if k in pretrained}
-            config["data"].update(exported.get("gcmae", {}))  # stain_norm / stain_target of its pretraining
+            config["data"].update(exported.get("gcmae", {}))  # its pretraining's stain_norm / stain_target / stain
     enc, dec, memory, z = _split(state, ours)
     arch = _infer_encoder(enc, path, config.get("model", {}).get("encoder") if kind == "gcmae" else None)
     bank_z = None

@@ -6,6 +6,7 @@ timm state dicts.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +17,13 @@ from safetensors.torch import load_file, save_file
 
 from gcmae.io.atomic import atomic_path, write_text_atomic
 from gcmae.io.convert import (IMAGENET_MEAN, IMAGENET_STD, ConversionError, ImportedWeights, load_weights,
+                              pretrain_normalizer_record,
                               pretrain_stain)
 from gcmae.models.vit import ENCODER_PRESETS, create_encoder, timm_name
 from gcmae.pretrained import available as available_pretrained
 from gcmae.pretrained import resolve as resolve_pretrained
+
+log = logging.getLogger(__name__)
 
 CARD_TAGS = ("pathology", "self-supervised", "gcmae", "image-feature-extraction")
 _LICENSES = {"gcmae": "apache-2.0", "mae_official": "cc-by-nc-4.0"}  # others: "other" (check the source's terms)
@@ -73,7 +77,7 @@ def export_encoder(checkpoint: str | Path, out_dir: str | Path, license: str | N
     }
     stain = pretrain_stain(weights)
     if stain is not None:  # not timm's: timm ignores other top-level keys; gcmae's loader reads it back
-        config["gcmae"] = {"stain_norm": stain[0], "stain_target": stain[1]}
+        config["gcmae"] = {"stain_norm": stain[0], "stain_target": stain[1], **_fitted_stain(weights, stain)}
     out_dir.mkdir(parents=True, exist_ok=True)
     state = {k: (v.half() if fp16 and v.is_floating_point() else v).contiguous()
              for k, v in encoder.state_dict().items()}
@@ -84,6 +88,22 @@ def export_encoder(checkpoint: str | Path, out_dir: str | Path, license: str | N
                       assumed)
     write_text_atomic(out_dir / "README.md", card)
     return out_dir
+
+
+def _fitted_stain(weights: ImportedWeights, stain: tuple[str, str]) -> dict[str, Any]:
+    """{"stain": the fitted normaliser} so the export needs no target image (`--stain-norm pretrained`); {} with a
+    warning when the recorded target cannot be read here."""
+    from gcmae.stain import StainError, make_normalizer
+
+    record = pretrain_normalizer_record(weights)  # an export of an export keeps its fit
+    if record is not None:
+        return {"stain": record}
+    try:
+        return {"stain": make_normalizer(stain[0], stain[1] or None).to_dict()}
+    except StainError as err:
+        log.warning("%s: the %s normaliser of its pretraining is not stored in the export (%s); users will need its "
+                    "target image", weights.source, stain[0], err)
+        return {}
 
 
 def from_pretrained(path: str | Path) -> nn.Module:
@@ -194,11 +214,11 @@ def model_card(weights: ImportedWeights, mean: list[float], std: list[float], li
                  if assumed_normalisation else "")
     stain = pretrain_stain(w)
     if stain is not None:
-        flags = f"--stain-norm {stain[0]}" + (f" --stain-target {stain[1]}" if stain[1] else "")
         target = stain[1] or "gcmae's shipped default target"
         norm_note += (f"\n\nEvery training image was first **{stain[0]}-stain-normalised** (to "
-                      f"{target}): give it images normalised the same way "
-                      f"(`gcmae extract ... {flags}`); gcmae warns when it is given raw images.")
+                      f"{target}): give it images normalised the same way (`gcmae extract ... --stain-norm "
+                      f"pretrained` applies the normaliser stored in `config.json`); gcmae warns when it is given "
+                      "raw images.")
     return f"""---
 {front}---
 

@@ -43,21 +43,20 @@ def _require_checkpoint(opts: EncoderOptions) -> EncoderOptions:
 
 def _encoder(opts: EncoderOptions, data: str, job: bool = False) -> tuple[Any, dict[str, Any]]:
     """The encoder and its record; `--checkpoint random` without `--img-size` takes the size of `data`."""
-    from gcmae.encoders.loading import RANDOM, load_encoder, random_input_size
+    from gcmae.encoders.loading import RANDOM, apply_stain_option, checked_normalizer, load_encoder, random_input_size
     from gcmae.slide.features import encoder_record
-    from gcmae.stain import make_normalizer
 
-    stain = make_normalizer(opts.stain_norm, opts.stain_target)  # a bad target fails before the model loads
+    stain = checked_normalizer(opts.stain_norm, opts.stain_target)  # a bad target fails before the model loads
     if opts.checkpoint == RANDOM:
         size = opts.img_size
         if size is None:
             side, source = _data_side(data, job)
             size = random_input_size(side, opts.patch_size, source)
         enc = load_encoder(RANDOM, opts.encoder, size, opts.patch_size, opts.seed)
-        enc.use_stain(stain)
+        apply_stain_option(enc, opts.stain_norm, stain)
         return enc, encoder_record(enc, RANDOM, opts.pool)
     enc = load_encoder(opts.checkpoint, opts.encoder, opts.img_size, opts.patch_size)
-    enc.use_stain(stain)
+    apply_stain_option(enc, opts.stain_norm, stain)
     return enc, encoder_record(enc, opts.checkpoint, opts.pool, img_size_given=opts.img_size is not None)
 
 

@@ -15,7 +15,7 @@ from typing import Any
 from gcmae.options import option
 
 POOLS = ("cls", "mean")
-STAIN_NORMS = ("none", "macenko", "reinhard")
+STAIN_NORMS = ("none", "macenko", "reinhard", "pretrained")  # pretrained: what the encoder's pretraining applied
 PRECISIONS = ("fp32", "bf16")
 
 
@@ -46,7 +46,7 @@ class EncoderOptions:
     stain_norm: str = option("none", choices=STAIN_NORMS,
                              help="stain normalisation of every tile before the encoder (torchstain), fitted to "
                                   "--stain-target; tiles without a stain estimate pass through unchanged and are "
-                                  "counted")
+                                  "counted; pretrained: the one the encoder was pretrained with")
     stain_target: str | None = option(None, help="reference H&E image for --stain-norm (default: the shipped "
                                                  "CRC-VAL-HE-7K tile, gcmae/stain/targets/)")
 
