@@ -78,6 +78,13 @@ def test_a_recorded_stain_target_that_is_not_here_is_named(tmp_path):
     shutil.copytree(resolve("gcmae-vit-tiny-pcam"), folder)
     config = json.loads((folder / "config.json").read_text())
     config["gcmae"]["stain_target"] = "/elsewhere/lab_target.png"
+    stored = config["gcmae"].pop("stain")  # an export made before the fitted normaliser was stored
     (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(FileNotFoundError, match="/elsewhere/lab_target.png.*stain_target"):
         compare_with_random_init(folder, tmp_path, tmp_path, seeds=(0, 1))
+    # with the fit stored, the target's image is not needed: it goes on to read the (empty) image folders
+    config["gcmae"]["stain"] = stored
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(Exception) as err:
+        compare_with_random_init(folder, tmp_path / "none", tmp_path / "none", seeds=(0, 1))
+    assert "lab_target" not in str(err.value) and "none" in str(err.value)
