@@ -47,3 +47,35 @@ def test_reconstructions_need_decoder_weights(timm_checkpoint):
     assert not load_encoder(timm_checkpoint).has_decoder
     with pytest.raises(ValueError, match="no decoder weights"):
         load_autoencoder(timm_checkpoint)
+
+
+def test_an_export_keeps_its_identity_when_its_card_or_notes_change(tmp_path):
+    """The identity of an export folder (what feature files, classifiers and fine-tuning runs are bound to) is its
+    weights and the config entries that decide the features: not its README or config.json's `gcmae` notes."""
+    import hashlib
+    import json
+    import shutil
+
+    from gcmae.encoders.loading import file_digest
+    from gcmae.pretrained import resolve
+
+    folder = shutil.copytree(resolve("gcmae-vit-tiny-pcam"), tmp_path / "export")
+    config = json.loads((folder / "config.json").read_text())
+    # by hand: the weights' bytes after the canonical JSON of the three feature-deciding entries
+    expected = hashlib.sha256(json.dumps({k: config[k] for k in ("architecture", "model_args", "pretrained_cfg")},
+                                         sort_keys=True).encode() + b"\0" + (folder / "model.safetensors").read_bytes())
+    before = file_digest(folder)
+    assert before == expected.hexdigest()
+    (folder / "README.md").write_text("a rewritten model card")
+    config["gcmae"]["note"] = "anything"
+    (folder / "config.json").write_text(json.dumps(config))
+    assert file_digest(folder) == before
+    config["pretrained_cfg"]["mean"] = [0.5, 0.5, 0.5]  # another input normalisation: other features
+    (folder / "config.json").write_text(json.dumps(config))
+    assert file_digest(folder) != before
+    plain = tmp_path / "plain"  # any other folder: every file counts
+    plain.mkdir()
+    (plain / "a.txt").write_text("x")
+    first = file_digest(plain)
+    (plain / "b.txt").write_text("y")
+    assert file_digest(plain) != first

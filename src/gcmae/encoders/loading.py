@@ -10,6 +10,7 @@ reconstructions).
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,18 +129,36 @@ def apply_stain_option(encoder: Encoder, method: str | None, stain: StainNormali
     encoder.use_stain(encoder.pretraining_normalizer() if method == PRETRAINED_STAIN else stain)
 
 
+# what in an export's config.json decides the features; its `gcmae` notes and the model card do not
+EXPORT_IDENTITY_KEYS = ("architecture", "model_args", "pretrained_cfg")
+
+
 def file_digest(path: str | Path) -> str:
-    """SHA-256 of a file's content; of every file (relative name + content) for a folder."""
+    """SHA-256 of a file's content. For a `gcmae export` folder: of its weights and of the config.json entries that
+    decide the features, so editing its model card or gcmae's notes keeps its identity (features, models trained on
+    them and fine-tuning runs stay valid); for any other folder, of every file (relative name + content)."""
     path = Path(path)
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     digest = hashlib.sha256()
+    if path.is_dir() and (path / "model.safetensors").is_file() and (path / "config.json").is_file():
+        try:
+            config = json.loads((path / "config.json").read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise ValueError(f"{path / 'config.json'}: not readable JSON ({err})") from None
+        digest.update(json.dumps({k: config.get(k) for k in EXPORT_IDENTITY_KEYS}, sort_keys=True).encode() + b"\0")
+        _hash_file(digest, path / "model.safetensors")
+        return digest.hexdigest()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     for f in files:
         if path.is_dir():
             digest.update(str(f.relative_to(path)).encode() + b"\0")
-        with open(f, "rb") as fh:
-            while chunk := fh.read(1 << 20):
-                digest.update(chunk)
+        _hash_file(digest, f)
     return digest.hexdigest()
+
+
+def _hash_file(digest: Any, path: Path) -> None:
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
 
 
 def random_input_size(side: int, patch_size: int | None, source: str) -> int:
