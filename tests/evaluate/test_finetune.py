@@ -167,7 +167,8 @@ def test_stain_norm_normalises_train_and_val_images_before_their_transforms(pcam
         torch.testing.assert_close(first.images[i], eval_tf(normalised), atol=1e-6, rtol=0)
         assert (first.images[i] - eval_tf(raw)).abs().max() > 0.1
     run = json.loads((out / "run.json").read_text())
-    assert run["settings"]["stain_norm"] == "macenko"
+    assert run["stain_id"] == norm.id and "stain_norm" not in run["settings"]  # what it did, not the flags
+    assert json.loads((out / "metrics.json").read_text())["stain"]["id"] == norm.id
 
 
 def test_missing_folder(pcam_pair, tmp_path, capsys):

@@ -130,3 +130,17 @@ def test_class_sizes_are_checked_against_the_folds_before_anything_is_embedded(t
     assert saved["identity"]["eval"]["eval_sets"][0]["cv_folds"] == 2
     knn = saved["results"]["crc"]["knn_k200"]  # 10 tiles, 2 folds of 5: k capped at 5, and recorded
     assert (knn["k"], knn["k_asked"]) == (5, 200) and saved["results"]["crc"]["nn1"]["k"] == 1
+
+
+def test_stain_norm_pretrained_applies_each_models_own_normaliser(tmp_path, crc_small, capsys):
+    """The shipped encoder is evaluated with the Macenko normaliser stored with it (and by its name); a random init
+    records none, so `pretrained` is refused for it with the reason."""
+    from gcmae.stain import make_normalizer
+
+    base = ["transfer", "--eval", f"crc={crc_small}", "--cache-dir", "", "--device", "cpu", "--stain-norm",
+            "pretrained"]
+    assert main([*base, "--checkpoint", "gcmae-vit-tiny-pcam", "--out", str(tmp_path / "shipped")]) == 0
+    saved = [json.loads(p.read_text()) for p in (tmp_path / "shipped" / "models").glob("*/metrics.json")]
+    assert len(saved) == 1 and saved[0]["identity"]["stain"] == make_normalizer("macenko").id
+    assert main([*base, "--checkpoint", "random", "--encoder", "vit_tiny", "--out", str(tmp_path / "r")]) == 2
+    assert "records no stain normalisation" in capsys.readouterr().err

@@ -37,3 +37,8 @@ def test_a_pil_tile_is_normalised_toward_the_target_and_background_passes_throug
 
     white = Image.fromarray(np.full((96, 96, 3), 245, np.uint8))
     assert transform(white) is white  # no stain estimate: unchanged, as in every normalised pipeline here
+    grey = transform(white.convert("L"))  # other modes come out RGB whether normalised or not (batches collate)
+    assert grey.mode == "RGB" and np.array_equal(np.asarray(grey), np.asarray(white))
+    with Image.open(tiles[0]) as im:
+        rgba = im.convert("RGBA")
+    assert transform(rgba).mode == "RGB"

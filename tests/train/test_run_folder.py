@@ -138,5 +138,11 @@ def test_an_export_carries_a_custom_stain_target_the_checkpoint_only_names(small
     exported = export_encoder(out / "checkpoints" / "last.ckpt", tmp_path / "export")
     target.unlink()
     assert load_encoder(exported).pretraining_normalizer().id == fitted.id
+    assert "--stain-norm pretrained` applies the normaliser stored" in (exported / "README.md").read_text()
     with pytest.raises(StainError, match="lab_target.png"):
         load_encoder(out / "checkpoints" / "last.ckpt").pretraining_normalizer()
+    # exported here, where the target is gone: nothing stored, and the card says which image is needed
+    again = export_encoder(out / "checkpoints" / "last.ckpt", tmp_path / "export2")
+    assert "stain" not in json.loads((again / "config.json").read_text())["gcmae"]
+    card = (again / "README.md").read_text()
+    assert "not stored with this export" in card and "lab_target.png" in card and "pretrained` applies" not in card

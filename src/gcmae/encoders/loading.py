@@ -59,10 +59,14 @@ class Encoder:
         re-fitted to the recorded target. StainError when it was pretrained on raw images or the target is gone."""
         method, target = self.pretrain_stain
         if method == "none":
-            raise StainError(f"{self.description} was pretrained on images without stain normalisation: "
+            raise StainError(f"{self.description} records no stain normalisation of its pretraining: "
                              "--stain-norm pretrained has nothing to apply (use none, macenko or reinhard)")
         if self.pretrain_normalizer_record is not None:
-            return StainNormalizer.from_dict(self.pretrain_normalizer_record)
+            try:
+                return StainNormalizer.from_dict(self.pretrain_normalizer_record)
+            except StainError as err:
+                raise StainError(f"{self.description}: the stain normaliser stored in its config.json (gcmae.stain) "
+                                 f"is unusable: {err}") from None
         try:
             return make_normalizer(method, target or None)
         except StainError as err:
@@ -79,15 +83,26 @@ class Encoder:
         if method == "none":
             return None
         expected = Path(target).name if target else DEFAULT_TARGET.name
-        record = self.pretrain_normalizer_record
-        if record is not None and stain is not None and stain.matches_id(record.get("id")):
+        stored = self._stored_stain_id()
+        if stored is not None and stain is not None and stain.matches_id(stored):
             return None
-        if record is None and stain is not None and stain.method == method and stain.target_name == expected:
+        if stored is None and stain is not None and stain.method == method and stain.target_name == expected:
             return None
         given = "raw images" if stain is None else f"{stain.method}-normalised ones (target {stain.target_name})"
+        if stain is not None and stored is not None:
+            given = given[:-1] + f", id {stain.id}; it was pretrained with {stored})"
         flags = f"--stain-norm {method}" + (f" --stain-target {target}" if target else "")
         return (f"{self.description} was pretrained on {method}-normalised images (target {expected}) but is "
                 f"given {given}; for features like those it learnt from, pass --stain-norm pretrained (or {flags})")
+
+    def _stored_stain_id(self) -> str | None:
+        """The id of the stored pretraining normaliser, derived from its parameters; None when none is stored."""
+        if self.pretrain_normalizer_record is None:
+            return None
+        try:
+            return StainNormalizer.from_dict(self.pretrain_normalizer_record).id
+        except StainError:
+            return None  # reported when it is used (pretraining_normalizer)
 
     def use_stain(self, stain: StainNormalizer | None, warn: bool = True) -> None:
         """Normalise every batch with `stain` (None: none); warn when that is not how it was pretrained."""

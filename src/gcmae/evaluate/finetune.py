@@ -28,6 +28,7 @@ from torchvision import transforms
 from gcmae.data.datasets import ImageFolderDataset
 from gcmae.data.sampler import SeededEpochSampler
 from gcmae.device import resolve_device
+from gcmae.encoders.loading import Encoder
 from gcmae.evaluate.common import encoder_from_options, open_labelled_pair
 from gcmae.evaluate.finetune_module import (
     FinetuneModule,
@@ -41,6 +42,7 @@ from gcmae.evaluate.options import FinetuneOptions, settings
 from gcmae.io.atomic import atomic_path, write_text_atomic
 from gcmae.scoring.metrics import classification_metrics
 from gcmae.scoring.report import console_table, save_evaluation
+from gcmae.stain import StainNormalizer
 from gcmae.stain.image_transform import StainTransform
 from gcmae.train.callbacks import AtomicCheckpointIO, checkpoint_to_resume
 from gcmae.viz.curves import metrics_files
@@ -77,13 +79,15 @@ def _check_folders(opts: FinetuneOptions, train: ImageFolderDataset, val: ImageF
 
 
 def _run_record(opts: FinetuneOptions, identity: dict[str, Any], train: ImageFolderDataset,
-                val: ImageFolderDataset) -> dict[str, Any]:
-    """What decides a run's result: compared with the saved record before resuming or skipping."""
-    values = {k: v for k, v in settings(opts).items() if k not in RUNTIME_ONLY}
-    if opts.stain_norm == "none":  # as recorded before --stain-norm existed, so those runs still resume
-        values.pop("stain_norm"), values.pop("stain_target")
-    return {"settings": values, "weights": identity, "classes": train.classes,
-            "num_train": len(train), "num_val": len(val)}
+                val: ImageFolderDataset, stain: StainNormalizer | None) -> dict[str, Any]:
+    """What decides a run's result: compared with the saved record before resuming or skipping. The stain
+    normaliser counts by its id (what it does), not by the flags that chose it."""
+    values = {k: v for k, v in settings(opts).items() if k not in RUNTIME_ONLY + ("stain_norm", "stain_target")}
+    record = {"settings": values, "weights": identity, "classes": train.classes,
+              "num_train": len(train), "num_val": len(val)}
+    if stain is not None:  # absent without one, as recorded before --stain-norm existed, so those runs resume
+        record["stain_id"] = stain.id
+    return record
 
 
 def _check_same_run(out: Path, record: dict[str, Any]) -> bool:
@@ -98,7 +102,7 @@ def _check_same_run(out: Path, record: dict[str, Any]) -> bool:
     if old == record:
         return True
     changed = [k for k in record["settings"] if old.get("settings", {}).get(k) != record["settings"][k]]
-    changed += [k for k in ("weights", "classes", "num_train", "num_val") if old.get(k) != record[k]]
+    changed += [k for k in ("weights", "classes", "num_train", "num_val", "stain_id") if old.get(k) != record.get(k)]
     raise ValueError(f"{out} holds a fine-tuning run with other settings ({', '.join(changed)} differ, see "
                      f"{path}); use another --out, or delete {out} to start over")
 
@@ -173,7 +177,7 @@ def run_finetune(opts: FinetuneOptions, extra_callbacks: list[L.Callback] = ()) 
     train, val = open_labelled_pair(opts.train, opts.val)
     _check_folders(opts, train, val)
     encoder = encoder_from_options(opts)
-    record = _run_record(opts, encoder.identity, train, val)
+    record = _run_record(opts, encoder.identity, train, val, encoder.stain)
     resuming = _check_same_run(out, record)
     if resuming and (out / "report.md").exists() and (out / "metrics.json").exists():
         saved = json.loads((out / "metrics.json").read_text())
@@ -189,7 +193,7 @@ def run_finetune(opts: FinetuneOptions, extra_callbacks: list[L.Callback] = ()) 
     train.transform = finetune_train_transform(size, mean, std, opts.crop_scale, opts.randaug_ops,
                                                opts.randaug_magnitude, opts.reprob)
     val.transform = probe_eval_transform(size, mean, std)
-    if encoder.stain is not None:  # normalised first, then augmented: as data.stain_norm does in pretraining
+    if encoder.stain is not None:  # normalised first (at the image's own size), then augmented
         train.transform = transforms.Compose([StainTransform(encoder.stain), train.transform])
         val.transform = transforms.Compose([StainTransform(encoder.stain), val.transform])
     batch = min(opts.batch_size, len(train))
@@ -212,12 +216,14 @@ def run_finetune(opts: FinetuneOptions, extra_callbacks: list[L.Callback] = ()) 
         log.info("resuming from %s", last)
     trainer = _trainer(opts, out, device, len(train_loader), list(extra_callbacks))
     trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader, ckpt_path=last)
-    return _evaluate_best(opts, out, module, val_loader, device, record, encoder.description, arch)
+    return _evaluate_best(opts, out, module, val_loader, device, record, encoder, arch)
 
 
 def _evaluate_best(opts: FinetuneOptions, out: Path, module: FinetuneModule, val_loader: DataLoader,
-                   device: torch.device, record: dict[str, Any], weights: str, arch: dict[str, Any]) -> dict[str, Any]:
+                   device: torch.device, record: dict[str, Any], encoder: Encoder,
+                   arch: dict[str, Any]) -> dict[str, Any]:
     """The best checkpoint's metrics on the val folder, curves.png, metrics.json, report.md."""
+    weights = encoder.description
     best_path = out / "checkpoints" / "best.ckpt"
     best = torch.load(best_path, map_location="cpu", weights_only=True)
     module.load_state_dict(best["state_dict"])
@@ -230,7 +236,8 @@ def _evaluate_best(opts: FinetuneOptions, out: Path, module: FinetuneModule, val
     size, batch = arch["img_size"], module.batch_size
     extra = {"weights": weights, "architecture": arch, "num_train": record["num_train"],
              "num_val": record["num_val"], "classes": module.classes, "batch_size": batch,
-             "peak_lr": module.peak_lr, "best_checkpoint": str(best_path), "history": history}
+             "peak_lr": module.peak_lr, "best_checkpoint": str(best_path), "history": history,
+             "stain": encoder.stain.to_dict() if encoder.stain is not None else None}
     notes = [f"Fine-tuned {weights} end to end: {opts.pool} head, AdamW (lr {opts.base_lr} x {batch} / 256 = "
              f"{module.peak_lr:.3g}, layer decay {opts.layer_decay}, weight decay {opts.weight_decay}), "
              f"{opts.epochs} epochs ({opts.warmup_epochs} warm-up, cosine to {opts.min_lr}), drop path "

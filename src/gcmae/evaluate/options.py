@@ -54,7 +54,7 @@ class EvalOptions(BaseOptions):
 
 @dataclass
 class StainOptions:
-    """Commands whose frozen features may be stain-normalised first (gcmae.stain)."""
+    """Commands whose images may be stain-normalised before the encoder (gcmae.stain)."""
 
     stain_norm: str = option("none", choices=STAIN_NORMS,
                              help="stain normalisation of every image before the encoder (torchstain; with "

@@ -39,8 +39,9 @@ class TransferFlags:
     num_workers: int | None = option(None, help="DataLoader processes reading images", deprecated=("--workers",))
     device: str | None = option(None, help="auto, cpu, cuda, cuda:1, ...")
     cache_dir: str | None = option(None, help="feature cache folder (default: OUT/feature-cache; '' to disable)")
-    stain_norm: str | None = option(None, choices=("none", "macenko", "reinhard"),
-                                    help="stain normalisation before the frozen encoder (default: none)")
+    stain_norm: str | None = option(None, choices=("none", "macenko", "reinhard", "pretrained"),
+                                    help="stain normalisation before the frozen encoder (default: none; pretrained: "
+                                         "the one each model was pretrained with)")
     stain_target: str | None = option(None, help="reference image for --stain-norm (default: the shipped target)")
     seed: int = option(0, help="seed of the model given by --checkpoint")
 

@@ -15,7 +15,7 @@ from typing import Any
 from gcmae.config import ConfigError, dump_yaml, from_dict, load_yaml
 from gcmae.data.folders import open_folder
 from gcmae.device import resolve_device
-from gcmae.encoders.loading import RANDOM, file_digest, load_encoder
+from gcmae.encoders.loading import PRETRAINED_STAIN, RANDOM, Encoder, file_digest, load_encoder
 from gcmae.evaluate.common import open_labelled_pair
 from gcmae.stain import StainNormalizer, make_normalizer
 from gcmae.evaluate.protocols import (
@@ -28,6 +28,8 @@ from gcmae.evaluate.protocols import (
 )
 from gcmae.io.atomic import write_csv_atomic, write_text_atomic
 from gcmae.io.paths import safe_name
+from gcmae.pretrained import is_pretrained_name
+from gcmae.pretrained import resolve as resolve_pretrained
 from gcmae.scoring.report import dumps_json
 
 log = logging.getLogger(__name__)
@@ -81,8 +83,12 @@ class EvalConfig:
             raise ConfigError(f"evaluation set names must be unique, got {names}")
         if self.pool not in ("cls", "mean"):
             raise ConfigError(f"pool must be cls or mean, got {self.pool!r}")
-        if self.stain_norm not in ("none", "macenko", "reinhard"):
-            raise ConfigError(f"stain_norm must be none, macenko or reinhard, got {self.stain_norm!r}")
+        if self.stain_norm not in ("none", "macenko", "reinhard", PRETRAINED_STAIN):
+            raise ConfigError(f"stain_norm must be none, macenko, reinhard or {PRETRAINED_STAIN} (each model's own), "
+                              f"got {self.stain_norm!r}")
+        if self.stain_norm == PRETRAINED_STAIN and self.stain_target:
+            raise ConfigError(f"stain_target {self.stain_target} with stain_norm {PRETRAINED_STAIN}: each model's own "
+                              "normaliser is used; drop one of them")
         for s in self.eval_sets:
             for folder in (s.train, s.val):
                 if folder and not Path(folder).is_dir():
@@ -114,8 +120,16 @@ def load_transfer_config(path: str | Path) -> TransferConfig:
         raise ConfigError(f"{path}: {err}") from None
 
 
-def _identity(spec: ModelSpec, cfg: EvalConfig, stain: StainNormalizer | None = None) -> dict[str, Any]:
-    weights = {"random": True} if spec.checkpoint == RANDOM else {"sha256": file_digest(spec.checkpoint)}
+def _weights_identity(spec: ModelSpec) -> dict[str, Any]:
+    if spec.checkpoint == RANDOM:
+        return {"random": True}
+    source = resolve_pretrained(spec.checkpoint) if is_pretrained_name(spec.checkpoint) else spec.checkpoint
+    return {"sha256": file_digest(source)}
+
+
+def _identity(spec: ModelSpec, cfg: EvalConfig, stain: StainNormalizer | None = None,
+              weights: dict[str, Any] | None = None) -> dict[str, Any]:
+    weights = weights or _weights_identity(spec)
     evaluation = asdict(cfg)
     if stain is None:  # without stain normalisation the identity is what it was before the option existed
         evaluation.pop("stain_norm"), evaluation.pop("stain_target")
@@ -126,15 +140,25 @@ def _identity(spec: ModelSpec, cfg: EvalConfig, stain: StainNormalizer | None = 
 def evaluate_model(spec: ModelSpec, cfg: EvalConfig, out_dir: Path) -> list[dict[str, Any]]:
     """Rows of one model, from `out_dir/models/<tag>/metrics.json` when it holds this exact evaluation."""
     path = out_dir / "models" / spec.tag / "metrics.json"
-    stain = make_normalizer(cfg.stain_norm, cfg.stain_target or None)
-    identity = _identity(spec, cfg, stain)
+    weights = _weights_identity(spec)
+
+    def load() -> Encoder:
+        return load_encoder(spec.checkpoint, spec.encoder, spec.img_size, spec.patch_size, spec.seed,
+                            sha256=weights.get("sha256"))
+
+    encoder = None
+    if cfg.stain_norm == PRETRAINED_STAIN:  # each model's own: known once it is loaded
+        encoder = load()
+        stain = encoder.pretraining_normalizer()
+    else:
+        stain = make_normalizer(cfg.stain_norm, cfg.stain_target or None)
+    identity = _identity(spec, cfg, stain, weights)
     if path.is_file():
         saved = json.loads(path.read_text())
         if saved.get("identity") == json.loads(json.dumps(identity)):
             log.info("%s: already evaluated (%s)", spec.tag, path)
             return saved["rows"]
-    encoder = load_encoder(spec.checkpoint, spec.encoder, spec.img_size, spec.patch_size, spec.seed,
-                           sha256=identity["weights"].get("sha256"))
+    encoder = encoder or load()
     encoder.use_stain(stain)
     cache_dir = out_dir / "feature-cache" if cfg.cache_dir is None else cfg.cache_dir or None
     results = evaluate_encoder(encoder, cfg.eval_sets, cfg.protocol_settings(spec.seed), cache_dir,

@@ -85,7 +85,7 @@ def export_encoder(checkpoint: str | Path, out_dir: str | Path, license: str | N
         save_file(state, str(tmp), metadata={"format": "pt", "source": "gcmae", "imported_from": weights.kind})
     write_text_atomic(out_dir / "config.json", json.dumps(config, indent=2))
     card = model_card(weights, mean, std, license or _LICENSES.get(weights.kind, "other"), find_metrics(weights.source),
-                      assumed)
+                      assumed, stain_stored="stain" in config.get("gcmae", {}))
     write_text_atomic(out_dir / "README.md", card)
     return out_dir
 
@@ -187,8 +187,9 @@ def _augmentation(weights: ImportedWeights) -> str:
 
 
 def model_card(weights: ImportedWeights, mean: list[float], std: list[float], license: str,
-               metrics: Path | None = None, assumed_normalisation: bool = False) -> str:
-    """A Hugging Face style README.md: YAML front matter, then description, data, recipe, normalisation, usage."""
+               metrics: Path | None = None, assumed_normalisation: bool = False, stain_stored: bool = True) -> str:
+    """A Hugging Face style README.md: YAML front matter, then description, data, recipe, normalisation, usage.
+    `stain_stored`: whether config.json holds the fitted stain normaliser of its pretraining (if it had one)."""
     w = weights
     front = yaml.safe_dump({"library_name": "timm", "license": license, "tags": list(CARD_TAGS),
                             "pipeline_tag": "image-feature-extraction"}, sort_keys=False)
@@ -215,9 +216,12 @@ def model_card(weights: ImportedWeights, mean: list[float], std: list[float], li
     stain = pretrain_stain(w)
     if stain is not None:
         target = stain[1] or "gcmae's shipped default target"
+        how = ("`gcmae extract ... --stain-norm pretrained` applies the normaliser stored in `config.json`"
+               if stain_stored else
+               f"`gcmae extract ... --stain-norm {stain[0]} --stain-target <a copy of {target}>`: the fitted "
+               "normaliser is not stored with this export, so that image is needed")
         norm_note += (f"\n\nEvery training image was first **{stain[0]}-stain-normalised** (to "
-                      f"{target}): give it images normalised the same way (`gcmae extract ... --stain-norm "
-                      f"pretrained` applies the normaliser stored in `config.json`); gcmae warns when it is given "
+                      f"{target}): give it images normalised the same way ({how}); gcmae warns when it is given "
                       "raw images.")
     return f"""---
 {front}---

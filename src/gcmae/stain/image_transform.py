@@ -12,14 +12,15 @@ from gcmae.stain.normalizer import StainNormalizer
 
 @dataclass
 class StainTransform:
-    """Stain-normalise one PIL image before the rest of a transform; an image whose stain cannot be estimated
-    (background, glass) is returned unchanged, as in every other stain-normalised pipeline here."""
+    """Stain-normalise one PIL image before the rest of a transform (RGB out); an image whose stain cannot be
+    estimated (background, glass) is returned unchanged, as in every other stain-normalised pipeline here. It is
+    applied at the image's own resolution, before any resize or crop."""
 
     normalizer: StainNormalizer
 
     def __call__(self, image: Image.Image) -> Image.Image:
-        rgb = np.asarray(image.convert("RGB"))
-        batch = torch.from_numpy(rgb.copy()).permute(2, 0, 1).unsqueeze(0)
+        image = image if image.mode == "RGB" else image.convert("RGB")  # one mode out, whatever comes in
+        batch = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).unsqueeze(0)
         out = self.normalizer.normalize(batch)
         if out.num_failed:
             return image
