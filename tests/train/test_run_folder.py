@@ -124,9 +124,10 @@ def test_a_stain_normalised_run_records_its_normaliser(small_pcam, tmp_path, cap
     assert not (out / "stain.json").exists()  # no stale record of a normalisation it no longer has
 
 
-def test_an_export_carries_a_custom_stain_target_the_checkpoint_only_names(small_pcam, samples, tmp_path):
-    """Pretrained to a custom target that is then gone (another machine): the export still gives the normaliser
-    (`--stain-norm pretrained`), the checkpoint says which target it lacks."""
+def test_checkpoint_and_export_carry_a_custom_stain_target_that_is_gone(small_pcam, samples, tmp_path):
+    """Pretrained to a custom target that is then gone (another machine): the checkpoint and its export still give
+    the normaliser (`--stain-norm pretrained`); a checkpoint of an earlier gcmae, which recorded only the target's
+    path, names the image it lacks, and so does the card of its export."""
     from gcmae.stain import StainError
 
     target = tmp_path / "lab_target.png"
@@ -135,14 +136,19 @@ def test_an_export_carries_a_custom_stain_target_the_checkpoint_only_names(small
     out = tmp_path / "run"
     run_pretrain(tiny_config(small_pcam, out, "optim.epochs=1", "data.in_memory=true", "data.stain_norm=macenko",
                              f"data.stain_target={target}", f"data.cache_dir={tmp_path / 'cache'}"))
-    exported = export_encoder(out / "checkpoints" / "last.ckpt", tmp_path / "export")
     target.unlink()
-    assert load_encoder(exported).pretraining_normalizer().id == fitted.id
+    ckpt = out / "checkpoints" / "last.ckpt"
+    exported = export_encoder(ckpt, tmp_path / "export")
+    for source in (ckpt, exported):
+        assert load_encoder(source).pretraining_normalizer().id == fitted.id, source
     assert "--stain-norm pretrained` applies the normaliser stored" in (exported / "README.md").read_text()
+
+    old = torch.load(ckpt, map_location="cpu", weights_only=False)
+    del old["hyper_parameters"]["stain"]  # as written before checkpoints stored the fit
+    torch.save(old, tmp_path / "old.ckpt")
     with pytest.raises(StainError, match="lab_target.png"):
-        load_encoder(out / "checkpoints" / "last.ckpt").pretraining_normalizer()
-    # exported here, where the target is gone: nothing stored, and the card says which image is needed
-    again = export_encoder(out / "checkpoints" / "last.ckpt", tmp_path / "export2")
+        load_encoder(tmp_path / "old.ckpt").pretraining_normalizer()
+    again = export_encoder(tmp_path / "old.ckpt", tmp_path / "export2")
     assert "stain" not in json.loads((again / "config.json").read_text())["gcmae"]
     card = (again / "README.md").read_text()
     assert "not stored with this export" in card and "lab_target.png" in card and "pretrained` applies" not in card

@@ -51,7 +51,7 @@ class Encoder:
     stain: StainNormalizer | None = None  # applied to every batch before the model
     # the stain normalisation its pretraining applied to every image (data.stain_norm, data.stain_target)
     pretrain_stain: tuple[str, str] = ("none", "")
-    # that normaliser as fitted (StainNormalizer.to_dict), when the weights store it (`gcmae export` folders)
+    # that normaliser as fitted (StainNormalizer.to_dict), when the weights store it (checkpoints, exports)
     pretrain_normalizer_record: dict[str, Any] | None = None
 
     def pretraining_normalizer(self) -> StainNormalizer:
@@ -70,10 +70,9 @@ class Encoder:
         try:
             return make_normalizer(method, target or None)
         except StainError as err:
-            raise StainError(f"{self.description} records its pretraining's {method} target only by its path, and "
-                             f"it cannot be read here ({err}); pass --stain-norm {method} --stain-target <a copy of "
-                             "that image>, or export the checkpoint on the training machine (the export stores the "
-                             "fitted normaliser)") from None
+            raise StainError(f"{self.description} records its pretraining's {method} target only by its path (an "
+                             f"earlier gcmae), and it cannot be read here ({err}); pass --stain-norm {method} "
+                             "--stain-target <a copy of that image>") from None
 
     def stain_mismatch(self, stain: StainNormalizer | None) -> str | None:
         """Why `stain` is not the normalisation this encoder was pretrained on (None when it is, or none was).

@@ -198,8 +198,9 @@ def pretrain_stain(weights: ImportedWeights) -> tuple[str, str] | None:
 
 
 def pretrain_normalizer_record(weights: ImportedWeights) -> dict[str, Any] | None:
-    """The fitted stain normaliser (`StainNormalizer.to_dict`) a `gcmae export` stored with the normalisation its
-    pretraining applied, or None (a checkpoint records only the method and the target's path)."""
+    """The fitted stain normaliser (`StainNormalizer.to_dict`) of the normalisation its pretraining applied, as a
+    checkpoint or a `gcmae export` stores it; None when not stored (checkpoints written before it was, which record
+    only the method and the target's path)."""
     record = weights.config.get("data", {}).get("stain")
     return dict(record) if isinstance(record, dict) else None
 
@@ -216,6 +217,8 @@ def load_weights(path: str | Path) -> ImportedWeights:
         kind, state, ours = "gcmae", _tensors(obj["state_dict"], path, "state_dict"), True
         state = {k.removeprefix("model."): v for k, v in state.items()}
         config, num_data = hparams["config"], hparams.get("num_data")
+        if isinstance(hparams.get("stain"), dict):  # the fitted normaliser of data.stain_norm
+            config = {**config, "data": {**config.get("data", {}), "stain": hparams["stain"]}}
     else:
         wrapped = "model" in obj
         state = _tensors(obj["model"] if wrapped else obj.get("state_dict", obj), path, "the weights")

@@ -95,7 +95,7 @@ def _fitted_stain(weights: ImportedWeights, stain: tuple[str, str]) -> dict[str,
     warning when the recorded target cannot be read here."""
     from gcmae.stain import StainError, make_normalizer
 
-    record = pretrain_normalizer_record(weights)  # an export of an export keeps its fit
+    record = pretrain_normalizer_record(weights)  # stored by the checkpoint, or by an export exported again
     if record is not None:
         return {"stain": record}
     try:

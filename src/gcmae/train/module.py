@@ -20,7 +20,9 @@ class NonFiniteLossError(FloatingPointError):
 class PretrainModule(L.LightningModule):
     """Wraps GCMAE: one optimiser step per batch (or per accumulation window), per-iteration lr schedule."""
 
-    def __init__(self, config: dict[str, Any], num_data: int) -> None:
+    def __init__(self, config: dict[str, Any], num_data: int, stain: dict[str, Any] | None = None) -> None:
+        """`stain`: the fitted normaliser `data.stain_norm` applied (`StainNormalizer.to_dict`), kept in the
+        checkpoint's hyper-parameters so the checkpoint carries it without its target image."""
         super().__init__()
         self.save_hyperparameters()
         self.cfg: PretrainConfig = from_dict(PretrainConfig, config)

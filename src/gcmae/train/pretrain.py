@@ -192,7 +192,8 @@ def run_pretrain(cfg: PretrainConfig, resume: bool = True, extra_callbacks: Sequ
         (out_dir / "stain.json").unlink(missing_ok=True)
     log.info("training on %d images from %s (%d rejected)", len(dataset), d.train_dir, len(dataset.rejected))
 
-    module = PretrainModule(to_dict(cfg), num_data=len(dataset))
+    stain = getattr(dataset, "stain", None)
+    module = PretrainModule(to_dict(cfg), num_data=len(dataset), stain=stain.to_dict() if stain is not None else None)
     callbacks: list[L.Callback] = [
         # no "-v1" files: a moved run folder keeps writing last.ckpt (Lightning versions names it thinks are taken)
         ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="epoch{epoch:03d}", auto_insert_metric_name=False,
