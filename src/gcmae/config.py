@@ -16,6 +16,8 @@ import yaml
 
 # gcmae.stain.CHOICES, kept here so that reading a config does not import torch (a test checks they agree)
 STAIN_CHOICES = ("none", "macenko", "reinhard")
+PRETRAINED_STAIN = "pretrained"  # --stain-norm of commands that take an encoder: the one its pretraining applied
+STAIN_OPTION_CHOICES = (*STAIN_CHOICES, PRETRAINED_STAIN)
 
 PATHOLOGY_MEAN = (0.6790, 0.5053, 0.6690)
 PATHOLOGY_STD = (0.1916, 0.2040, 0.1565)

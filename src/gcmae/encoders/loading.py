@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from timm.models.vision_transformer import VisionTransformer
 
-from gcmae.config import PATHOLOGY_MEAN, PATHOLOGY_STD
+from gcmae.config import PATHOLOGY_MEAN, PATHOLOGY_STD, PRETRAINED_STAIN
 from gcmae.io.convert import (ImportedWeights, build_encoder_from_weights, build_gcmae_from_weights, load_weights,
                               pretrain_normalizer_record, pretrain_stain)
 from gcmae.models.gcmae import GCMAE
@@ -122,9 +122,6 @@ class Encoder:
     def stain_step(self) -> EncoderInputStain | None:
         """A per-run stain step for embedding loops (it counts the tiles passed through), or None."""
         return None if self.stain is None else EncoderInputStain(self.stain, self.mean, self.std)
-
-
-PRETRAINED_STAIN = "pretrained"  # --stain-norm value: the normaliser the encoder's pretraining applied
 
 
 def checked_normalizer(method: str | None, target: str | None) -> StainNormalizer | None:

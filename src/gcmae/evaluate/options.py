@@ -12,11 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gcmae.config import ConfigError, from_dict, load_yaml
+from gcmae.config import STAIN_OPTION_CHOICES, ConfigError, from_dict, load_yaml
 from gcmae.options import add_arguments, flag, given, option
 
 POOLS = ("cls", "mean")
-STAIN_NORMS = ("none", "macenko", "reinhard", "pretrained")  # pretrained: what the encoder's pretraining applied
 METRICS = ("balanced_accuracy", "accuracy", "macro_f1", "auc")  # what picks the best fine-tuning epoch
 
 
@@ -56,7 +55,7 @@ class EvalOptions(BaseOptions):
 class StainOptions:
     """Commands whose images may be stain-normalised before the encoder (gcmae.stain)."""
 
-    stain_norm: str = option("none", choices=STAIN_NORMS,
+    stain_norm: str = option("none", choices=STAIN_OPTION_CHOICES,
                              help="stain normalisation of every image before the encoder (torchstain; with "
                                   "augmentation, before it); pretrained: the one the encoder was pretrained with")
     stain_target: str = option("", help="reference image for --stain-norm macenko/reinhard (default: the shipped "

@@ -7,6 +7,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from gcmae.config import STAIN_OPTION_CHOICES
 from gcmae.options import add_arguments, from_args, option
 
 if TYPE_CHECKING:
@@ -39,7 +40,7 @@ class TransferFlags:
     num_workers: int | None = option(None, help="DataLoader processes reading images", deprecated=("--workers",))
     device: str | None = option(None, help="auto, cpu, cuda, cuda:1, ...")
     cache_dir: str | None = option(None, help="feature cache folder (default: OUT/feature-cache; '' to disable)")
-    stain_norm: str | None = option(None, choices=("none", "macenko", "reinhard", "pretrained"),
+    stain_norm: str | None = option(None, choices=STAIN_OPTION_CHOICES,
                                     help="stain normalisation before the frozen encoder (default: none; pretrained: "
                                          "the one each model was pretrained with)")
     stain_target: str | None = option(None, help="reference image for --stain-norm (default: the shipped target)")

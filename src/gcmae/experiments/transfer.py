@@ -12,10 +12,10 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from gcmae.config import ConfigError, dump_yaml, from_dict, load_yaml
+from gcmae.config import PRETRAINED_STAIN, STAIN_OPTION_CHOICES, ConfigError, dump_yaml, from_dict, load_yaml
 from gcmae.data.folders import open_folder
 from gcmae.device import resolve_device
-from gcmae.encoders.loading import PRETRAINED_STAIN, RANDOM, Encoder, file_digest, load_encoder
+from gcmae.encoders.loading import RANDOM, Encoder, file_digest, load_encoder
 from gcmae.evaluate.common import open_labelled_pair
 from gcmae.stain import StainNormalizer, make_normalizer
 from gcmae.evaluate.protocols import (
@@ -83,9 +83,9 @@ class EvalConfig:
             raise ConfigError(f"evaluation set names must be unique, got {names}")
         if self.pool not in ("cls", "mean"):
             raise ConfigError(f"pool must be cls or mean, got {self.pool!r}")
-        if self.stain_norm not in ("none", "macenko", "reinhard", PRETRAINED_STAIN):
-            raise ConfigError(f"stain_norm must be none, macenko, reinhard or {PRETRAINED_STAIN} (each model's own), "
-                              f"got {self.stain_norm!r}")
+        if self.stain_norm not in STAIN_OPTION_CHOICES:
+            raise ConfigError(f"stain_norm must be one of {', '.join(STAIN_OPTION_CHOICES)} ({PRETRAINED_STAIN}: each "
+                              f"model's own), got {self.stain_norm!r}")
         if self.stain_norm == PRETRAINED_STAIN and self.stain_target:
             raise ConfigError(f"stain_target {self.stain_target} with stain_norm {PRETRAINED_STAIN}: each model's own "
                               "normaliser is used; drop one of them")

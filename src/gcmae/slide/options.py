@@ -12,10 +12,10 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
+from gcmae.config import STAIN_OPTION_CHOICES
 from gcmae.options import option
 
 POOLS = ("cls", "mean")
-STAIN_NORMS = ("none", "macenko", "reinhard", "pretrained")  # pretrained: what the encoder's pretraining applied
 PRECISIONS = ("fp32", "bf16")
 
 
@@ -43,7 +43,7 @@ class EncoderOptions:
     patch_size: int | None = option(None, help="patch size (checked against the checkpoint; 16 for 'random')")
     seed: int = option(0, help="seed of the random init")
     pool: str = option("cls", choices=POOLS, help="feature: cls token or mean of the patch tokens")
-    stain_norm: str = option("none", choices=STAIN_NORMS,
+    stain_norm: str = option("none", choices=STAIN_OPTION_CHOICES,
                              help="stain normalisation of every tile before the encoder (torchstain), fitted to "
                                   "--stain-target; tiles without a stain estimate pass through unchanged and are "
                                   "counted; pretrained: the one the encoder was pretrained with")
