@@ -231,3 +231,20 @@ def test_tiles_resized_to_another_encoder_input_size_are_warned_about_once(slide
     assert "encoder sees 9 µm/px" in summary.warnings[0]
     settings = json.loads((job / f"extract_{record['tag']}.json").read_text())
     assert settings["summary"]["warnings"] == summary.warnings
+
+
+def test_extract_options_with_stain_norm_pretrained_give_the_shipped_encoders_normaliser(tiny_ckpt):
+    """`gcmae extract --checkpoint gcmae-vit-tiny-pcam --stain-norm pretrained`: the encoder gets the Macenko
+    normaliser stored with it, and the feature tag and record carry its id (the same as --stain-norm macenko)."""
+    from gcmae.slide.commands import _encoder
+    from gcmae.slide.options import ExtractOptions
+    from gcmae.stain import StainError, make_normalizer
+
+    opts = ExtractOptions(job_dir="job", checkpoint="gcmae-vit-tiny-pcam", stain_norm="pretrained")
+    encoder, record = _encoder(opts, "job")
+    expected = make_normalizer("macenko").id
+    assert encoder.stain is not None and encoder.stain.id == expected
+    assert record["stain_id"] == expected and record["tag"].endswith(expected)
+    plain = ExtractOptions(job_dir="job", checkpoint=str(tiny_ckpt), stain_norm="pretrained")  # trained on raw
+    with pytest.raises(StainError, match="records no stain normalisation"):
+        _encoder(plain, "job")
