@@ -65,8 +65,8 @@ class Encoder:
             try:
                 return StainNormalizer.from_dict(self.pretrain_normalizer_record)
             except StainError as err:
-                raise StainError(f"{self.description}: the stain normaliser stored in its config.json (gcmae.stain) "
-                                 f"is unusable: {err}") from None
+                raise StainError(f"{self.description}: the stain normaliser stored with it (an export's config.json "
+                                 f"gcmae.stain, a checkpoint's hyper-parameters) is unusable: {err}") from None
         try:
             return make_normalizer(method, target or None)
         except StainError as err:
