@@ -77,7 +77,8 @@ def test_stain_norm_pretrained_is_refused_where_it_has_nothing_to_apply(pcam_pai
     train, val = pcam_pair
     base = ["knn", "--train", str(train), "--val", str(val), "--k", "5", "--out", str(tmp_path / "o")]
     assert main([*base, "--checkpoint", "random", "--encoder", "vit_tiny", "--stain-norm", "pretrained"]) == 2
-    assert "without stain normalisation: --stain-norm pretrained has nothing to apply" in capsys.readouterr().err
+    assert "records no stain normalisation of its pretraining: --stain-norm pretrained has nothing to apply" in (
+        capsys.readouterr().err)
     assert main([*base, "--checkpoint", NAME, "--stain-norm", "pretrained", "--stain-target", str(train)]) == 2
     assert "--stain-target" in capsys.readouterr().err
 
