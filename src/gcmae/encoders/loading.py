@@ -27,6 +27,7 @@ from gcmae.models.vit import ENCODER_PRESETS
 from gcmae.pretrained import available as available_pretrained
 from gcmae.pretrained import resolve as resolve_pretrained
 from gcmae.stain import DEFAULT_TARGET, EncoderInputStain, StainError, StainNormalizer, make_normalizer
+from gcmae.stain.normalizer import pretraining_normalizer
 
 log = logging.getLogger(__name__)
 
@@ -61,18 +62,17 @@ class Encoder:
         if method == "none":
             raise StainError(f"{self.description} records no stain normalisation of its pretraining: "
                              "--stain-norm pretrained has nothing to apply (use none, macenko or reinhard)")
-        if self.pretrain_normalizer_record is not None:
-            try:
-                return StainNormalizer.from_dict(self.pretrain_normalizer_record)
-            except StainError as err:
+        try:
+            normalizer = pretraining_normalizer(method, target, self.pretrain_normalizer_record)
+        except StainError as err:
+            if self.pretrain_normalizer_record is not None:
                 raise StainError(f"{self.description}: the stain normaliser stored with it (an export's config.json "
                                  f"gcmae.stain, a checkpoint's hyper-parameters) is unusable: {err}") from None
-        try:
-            return make_normalizer(method, target or None)
-        except StainError as err:
             raise StainError(f"{self.description} records its pretraining's {method} target only by its path (an "
                              f"earlier gcmae), and it cannot be read here ({err}); pass --stain-norm {method} "
                              "--stain-target <a copy of that image>") from None
+        assert normalizer is not None  # method is not "none"
+        return normalizer
 
     def stain_mismatch(self, stain: StainNormalizer | None) -> str | None:
         """Why `stain` is not the normalisation this encoder was pretrained on (None when it is, or none was).

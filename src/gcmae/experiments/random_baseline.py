@@ -22,7 +22,7 @@ from gcmae.experiments.pcam_probe import encoder_features
 from gcmae.io.atomic import write_text_atomic
 from gcmae.io.convert import load_weights, pretrain_normalizer_record, pretrain_stain
 from gcmae.scoring.probe import fit_logistic_probe
-from gcmae.stain import StainNormalizer, make_normalizer
+from gcmae.stain.normalizer import pretraining_normalizer
 
 log = logging.getLogger(__name__)
 
@@ -93,13 +93,12 @@ def compare_with_random_init(encoder: str | Path, train_dir: str | Path, val_dir
     method, recorded = pretrain_stain(weights) or ("none", "")
     stored = pretrain_normalizer_record(weights)  # an export's fitted normaliser: no target image needed
     target = str(stain_target or recorded)  # "": the shipped default target
-    if stored is not None and not stain_target:
-        stain = StainNormalizer.from_dict(stored)
-    else:
-        if recorded and not Path(target).is_file():
-            raise FileNotFoundError(f"{encoder} was pretrained on images {method}-normalised to {recorded}, but "
-                                    f"{target} is not here: pass stain_target= (--stain-target) with that image")
-        stain = make_normalizer(method, target or None)
+    if stain_target:
+        stored = None  # the given target replaces the recorded one
+    if stored is None and recorded and not Path(target).is_file():
+        raise FileNotFoundError(f"{encoder} was pretrained on images {method}-normalised to {recorded}, but "
+                                f"{target} is not here: pass stain_target= (--stain-target) with that image")
+    stain = pretraining_normalizer(method, target, stored)
     side = size or weights.img_size
     cache = cache_dir or default_cache_dir()
     train = TensorImageDataset(train_dir, side, cache, validate="none", stain=stain)

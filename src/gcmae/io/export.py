@@ -93,13 +93,14 @@ def export_encoder(checkpoint: str | Path, out_dir: str | Path, license: str | N
 def _fitted_stain(weights: ImportedWeights, stain: tuple[str, str]) -> dict[str, Any]:
     """{"stain": the fitted normaliser} so the export needs no target image (`--stain-norm pretrained`); {} with a
     warning when the recorded target cannot be read here."""
-    from gcmae.stain import StainError, make_normalizer
+    from gcmae.stain import StainError
+    from gcmae.stain.normalizer import pretraining_normalizer
 
     record = pretrain_normalizer_record(weights)  # stored by the checkpoint, or by an export exported again
     if record is not None:
         return {"stain": record}
     try:
-        return {"stain": make_normalizer(stain[0], stain[1] or None).to_dict()}
+        return {"stain": pretraining_normalizer(stain[0], stain[1], None).to_dict()}
     except StainError as err:
         log.warning("%s: the %s normaliser of its pretraining is not stored in the export (%s); users will need its "
                     "target image", weights.source, stain[0], err)

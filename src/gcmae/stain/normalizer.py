@@ -305,6 +305,16 @@ def make_normalizer(method: str | None, target: str | Path | None = None) -> Sta
     return StainNormalizer.fit(target or None, method)
 
 
+def pretraining_normalizer(method: str, target: str | Path | None,
+                           stored: dict[str, Any] | None) -> StainNormalizer | None:
+    """The normaliser a pretraining applied, from what its weights record: the stored fit (`to_dict`) when there is
+    one, else `make_normalizer(method, target)` (None for 'none', where a target is an error; None or "" as target:
+    the shipped default). StainError when the stored fit is unusable or the target cannot be read."""
+    if stored is not None and method not in (None, "", "none"):
+        return StainNormalizer.from_dict(stored)
+    return make_normalizer(method, target or None)
+
+
 def recorded_stain_id(record: dict[str, Any]) -> str | None:
     """The id of the normaliser a feature file's attributes or a model's record stores, in this version's form
     (re-derived from the stored `stain` when there is one, so an id recorded before ids were rounded compares
