@@ -23,7 +23,6 @@ import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader
-from torchvision import transforms
 
 from gcmae.data.datasets import ImageFolderDataset
 from gcmae.data.sampler import SeededEpochSampler
@@ -43,7 +42,7 @@ from gcmae.io.atomic import atomic_path, write_text_atomic
 from gcmae.scoring.metrics import classification_metrics
 from gcmae.scoring.report import console_table, save_evaluation
 from gcmae.stain import StainNormalizer
-from gcmae.stain.image_transform import StainTransform
+from gcmae.stain.image_transform import with_stain
 from gcmae.train.callbacks import AtomicCheckpointIO, checkpoint_to_resume
 from gcmae.viz.curves import metrics_files
 
@@ -190,12 +189,10 @@ def run_finetune(opts: FinetuneOptions, extra_callbacks: list[L.Callback] = ()) 
 
     L.seed_everything(opts.seed, workers=True, verbose=False)
     size, mean, std = encoder.img_size, encoder.mean, encoder.std
-    train.transform = finetune_train_transform(size, mean, std, opts.crop_scale, opts.randaug_ops,
-                                               opts.randaug_magnitude, opts.reprob)
-    val.transform = probe_eval_transform(size, mean, std)
-    if encoder.stain is not None:  # normalised first (at the image's own size), then augmented
-        train.transform = transforms.Compose([StainTransform(encoder.stain), train.transform])
-        val.transform = transforms.Compose([StainTransform(encoder.stain), val.transform])
+    # stain-normalised first (at the image's own size), then augmented
+    train.transform = with_stain(finetune_train_transform(size, mean, std, opts.crop_scale, opts.randaug_ops,
+                                                          opts.randaug_magnitude, opts.reprob), encoder.stain)
+    val.transform = with_stain(probe_eval_transform(size, mean, std), encoder.stain)
     batch = min(opts.batch_size, len(train))
     if batch < opts.batch_size:
         log.warning("%s has %d images, fewer than --batch-size %d: training with batch %d", opts.train, len(train),

@@ -23,7 +23,7 @@ from gcmae.encoders.loading import Encoder
 from gcmae.evaluate.common import encoder_from_options, encoder_used, open_labelled_pair
 from gcmae.evaluate.options import LinprobeOptions
 from gcmae.scoring.metrics import classification_metrics
-from gcmae.stain.image_transform import StainTransform
+from gcmae.stain.image_transform import with_stain
 from gcmae.train.optim import scaled_lr, warmup_cosine
 
 log = logging.getLogger(__name__)
@@ -124,11 +124,9 @@ def run_paper(opts: LinprobeOptions, device: torch.device) -> tuple[dict[str, An
         raise ValueError(f"{opts.train}: the paper protocol needs at least 2 training images (BatchNorm)")
     encoder = encoder_from_options(opts)
     size, mean, std = encoder.img_size, encoder.mean, encoder.std
-    train.transform = probe_train_transform(size, mean, std)
-    val.transform = probe_eval_transform(size, mean, std)
-    if encoder.stain is not None:  # normalised first, then augmented (the frozen features are not normalised again)
-        train.transform = T.Compose([StainTransform(encoder.stain), train.transform])
-        val.transform = T.Compose([StainTransform(encoder.stain), val.transform])
+    # stain-normalised first, then augmented (the frozen features are not normalised again)
+    train.transform = with_stain(probe_train_transform(size, mean, std), encoder.stain)
+    val.transform = with_stain(probe_eval_transform(size, mean, std), encoder.stain)
     with torch.random.fork_rng(devices=[]):  # RandomResizedCrop / flip draw from torch's global generator
         torch.manual_seed(opts.seed)
         probe, history = train_probe(encoder, train, opts, device)

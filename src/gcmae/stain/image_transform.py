@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Callable
 
 import numpy as np
 import torch
 from PIL import Image
+from torchvision import transforms
 
 from gcmae.stain.normalizer import StainNormalizer
 
@@ -25,3 +27,11 @@ class StainTransform:
         if out.num_failed:
             return image
         return Image.fromarray(out.images[0].permute(1, 2, 0).numpy())
+
+
+def with_stain(transform: Callable[[Image.Image], Any],
+               normalizer: StainNormalizer | None) -> Callable[[Image.Image], Any]:
+    """`transform` preceded by stain normalisation with `normalizer` (unchanged when it is None)."""
+    if normalizer is None:
+        return transform
+    return transforms.Compose([StainTransform(normalizer), transform])
